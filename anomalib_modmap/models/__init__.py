@@ -1,0 +1,1 @@
+"""Anomaly detection models of anomalib-modmap."""
