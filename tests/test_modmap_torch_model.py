@@ -169,3 +169,14 @@ def test_anomaly_map_upsamples_token_grid():
     maps = generator(distances, distances, (2, 2), foreground)
     assert maps.shape == (1, 8, 8)
     assert maps[0, :, 0].max() < maps[0, :, 7].min()
+
+
+def test_anomaly_map_ignores_background_tokens():
+    generator = AnomalyMapGenerator("max")
+    # Left token column is background with a large untrained distance.
+    distances = torch.tensor([[1.9, 0.2, 1.9, 0.2]])
+    foreground = torch.zeros(1, 8, 8, dtype=torch.bool)
+    foreground[0, :, 4:] = True
+    maps = generator(distances, distances, (2, 2), foreground)
+    torch.testing.assert_close(maps[0, :, 4:], torch.full((8, 4), 0.2))
+    assert torch.all(maps[0, :, :4] == 0)

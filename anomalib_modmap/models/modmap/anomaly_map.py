@@ -50,18 +50,26 @@ def clean_foreground(valid: torch.Tensor) -> torch.Tensor:
 
 
 def foreground_tokens(foreground: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Downsample pixel foreground ``(V, H, W)`` to token foreground ``(V, h*w)``: more than half the patch."""
+    """Downsample pixel foreground ``(V, H, W)`` to token foreground ``(V, h*w)``.
+
+    A token is foreground when any pixel of its patch is, so that every token
+    whose value reaches a foreground pixel of the anomaly map is trained.
+    """
     fraction = F.adaptive_avg_pool2d(foreground[:, None].float(), grid)
-    return (fraction > 0.5).flatten(1)
+    return (fraction > 0).flatten(1)
 
 
 class AnomalyMapGenerator(nn.Module):
     """Turn token distances into pixel anomaly maps.
 
     Inputs: ``image_to_depth`` and ``depth_to_image`` distances ``(V, h*w)`` on the
-    token grid ``grid`` and the foreground mask ``(V, H, W)``. Output: ``(V, H, W)``
-    float32 anomaly maps (``1 - cosine`` units, in [0, 2] for ``max``/``min``/``mean``),
-    bilinearly upsampled and zero outside the foreground.
+    token grid ``grid`` and the pixel foreground mask ``(V, H, W)``. Output:
+    ``(V, H, W)`` float32 anomaly maps (``1 - cosine`` units, in [0, 2] for
+    ``max``/``min``/``mean``), zero outside the foreground.
+
+    The upsampling is bilinear and normalised over foreground tokens: a pixel
+    takes the bilinear weights of the foreground tokens around it only, so the
+    untrained background tokens never raise the scores at the object's border.
 
     Args:
         aggregation: how the two directions combine per token: ``max`` (default),
@@ -84,6 +92,13 @@ class AnomalyMapGenerator(nn.Module):
     ) -> torch.Tensor:
         """Compute the anomaly maps."""
         combined = aggregate_distances(image_to_depth.float(), depth_to_image.float(), self.aggregation)
-        combined = combined.reshape(-1, 1, *grid)
-        upsampled = F.interpolate(combined, size=tuple(foreground.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
-        return torch.where(foreground.to(upsampled.device), upsampled, torch.zeros_like(upsampled))
+        foreground = foreground.to(combined.device)
+        token_mask = foreground_tokens(foreground, grid).to(combined.dtype)
+        size = tuple(foreground.shape[-2:])
+
+        weighted = (combined * token_mask).reshape(-1, 1, *grid)
+        weights = token_mask.reshape(-1, 1, *grid)
+        upsampled = F.interpolate(weighted, size=size, mode="bilinear", align_corners=False)[:, 0]
+        coverage = F.interpolate(weights, size=size, mode="bilinear", align_corners=False)[:, 0]
+        upsampled = upsampled / coverage.clamp_min(1e-6)
+        return torch.where(foreground, upsampled, torch.zeros_like(upsampled))
