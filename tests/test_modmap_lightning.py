@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 
@@ -13,31 +12,11 @@ from torch.utils.data import DataLoader
 
 from anomalib_modmap.models import Modmap
 
+from modmap_helpers import FakeMultiViewBatch
+
 TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 56}
 NUM_VIEWS = 4
 SIZE = 56
-
-
-@dataclasses.dataclass
-class FakeMultiViewBatch:
-    """The fields of a multi-view batch that Modmap reads and writes, without anomalib's validation."""
-
-    image: torch.Tensor
-    depth_map: torch.Tensor
-    valid_depth: torch.Tensor
-    intrinsics: torch.Tensor
-    world_to_camera: torch.Tensor
-    view_index: torch.Tensor
-    instance: list[str]
-    gt_volume: list | None = None
-    anomaly_map: torch.Tensor | None = None
-    pred_score: torch.Tensor | None = None
-    pred_volume: list | None = None
-
-    def update(self, **fields):
-        for name, value in fields.items():
-            setattr(self, name, value)
-        return self
 
 
 def _batch(name: str, seed: int = 0) -> FakeMultiViewBatch:
