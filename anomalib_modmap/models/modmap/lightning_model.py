@@ -202,11 +202,16 @@ class Modmap(AnomalibModule):
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """Trainer settings: ``max_epochs`` from the model, no sanity validation, one validation at the end."""
+        """Trainer settings: ``max_epochs`` from the model and no validation loop.
+
+        Modmap needs no validation statistics (its post-processor keeps raw
+        scores), and SiM3D's validation set is its test set, so validating
+        would only repeat the test pass.
+        """
         return {
             "max_epochs": self.max_epochs,
             "num_sanity_val_steps": 0,
-            "check_val_every_n_epoch": self.max_epochs,
+            "limit_val_batches": 0,
         }
 
     # training -------------------------------------------------------------------------------
@@ -373,7 +378,7 @@ class Modmap(AnomalibModule):
             images=batch.image[index][positions].cpu(),
             anomaly_maps=maps.cpu(),
             valid=features.foreground.cpu(),
-            view_names=[f"view_{int(view):03d}" for view in batch.view_index[index][positions]],
+            view_names=_view_names(batch, index, positions),
         )
 
     def _autocast(self) -> torch.autocast:
@@ -396,6 +401,13 @@ class Modmap(AnomalibModule):
 
 def _batch_size(batch: Any) -> int:  # noqa: ANN401
     return int(batch.image.shape[0])
+
+
+def _view_names(batch: Any, index: int, positions: torch.Tensor) -> list[str]:  # noqa: ANN401
+    names = getattr(batch, "view_names", None)
+    if names is not None:
+        return [str(names[index][position]) for position in positions.tolist()]
+    return [f"view_{int(view):03d}" for view in batch.view_index[index][positions]]
 
 
 def _instance_name(batch: Any, index: int) -> str:  # noqa: ANN401
