@@ -22,6 +22,8 @@ DEMO_CATEGORIES: tuple[str, ...] = tuple(f"demo_{name}" for name in DEMO_OBJECTS
 # Voxel edge as a fraction of the object's bounding radius: about two pixels at the default image size.
 VOXEL_FRACTION = 1.0 / 60.0
 MAX_PLACEMENT_TRIES = 8
+# The bounding sphere is loose around the demo objects: this margin still keeps them inside the image.
+RIG_MARGIN = 0.95
 
 
 def _albedo_hook(defect: Defect):
@@ -76,7 +78,7 @@ def make_demo_dataset(
     synth: bool = False,
     kinds: Sequence[str] = DEFECT_KINDS,
     defects_per_instance: int = 1,
-    defect_size: float = 0.07,
+    defect_size: float = 0.1,
     severity: float = 1.0,
     effects: CaptureEffects | None = None,
     progress: bool = True,
@@ -107,7 +109,7 @@ def make_demo_dataset(
     center, radius = bounding_sphere(mesh)
     voxel_size = radius * VOXEL_FRACTION
     origin = np.floor((center - 2.0 * radius) / voxel_size) * voxel_size
-    rig = make_rig("ring", views, center, radius, image_size, image_size, elevation_degrees=30.0)
+    rig = make_rig("ring", views, center, radius, image_size, image_size, elevation_degrees=30.0, margin=RIG_MARGIN)
     clean_shading = Shading(albedo=albedo)
     clean = render_views(mesh, rig, clean_shading)
     surface_points, surface_normals = _visible_surface(clean)

@@ -69,13 +69,14 @@ def make_rig(
     fov_degrees: float = 40.0,
     elevation_degrees: float = 30.0,
     up_axis: str = "z",
+    margin: float = 1.15,
 ) -> list[CameraView]:
     """Place ``views`` cameras on a ring or sphere around a bounding sphere (``center``, ``radius`` in metres).
 
     The ring has all cameras at ``elevation_degrees`` above the plane
     perpendicular to ``up_axis``; the sphere spreads them evenly over all
     directions. Every camera looks at ``center`` from the distance at which
-    the bounding sphere fills the shorter image side.
+    the bounding sphere, times ``margin``, fills the shorter image side.
     """
     if views < 1:
         msg = f"Number of views must be at least 1; got {views}."
@@ -88,7 +89,7 @@ def make_rig(
         "x": np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
     }[up_axis]
     directions = _directions(rig, views, elevation_degrees) @ to_up_axis.T
-    distance = fitting_distance(radius, width, height, fov_degrees)
+    distance = fitting_distance(radius, width, height, fov_degrees, margin)
     intrinsics = pinhole_intrinsics(width, height, fov_degrees)
     cameras = []
     for index, direction in enumerate(directions):
