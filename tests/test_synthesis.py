@@ -1,0 +1,229 @@
+"""Data synthesis: renders agree with the mesh, defects carry exact ground truth, imports keep the layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import open3d as o3d
+import pytest
+import torch
+
+from sim3d_datamodule import geometry
+from sim3d_datamodule.synthesis._format import read_cameras
+from sim3d_datamodule.synthesis.defects import DEFECT_KINDS, Defect
+from sim3d_datamodule.synthesis.demo import make_demo_dataset
+from sim3d_datamodule.synthesis.mesh_defects import apply_defects_to_mesh, subdivide_triangles
+from sim3d_datamodule.synthesis.procedural import DEMO_OBJECTS
+from sim3d_datamodule.synthesis.render import Shading, bounding_sphere, make_scene, render_views
+from sim3d_datamodule.synthesis.rig import make_rig
+from sim3d_datamodule.synthesis.view_defects import apply_defects_to_views
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _world_points(depth: np.ndarray, camera) -> np.ndarray:
+    valid = np.isfinite(depth)
+    points = geometry.depth_to_world_points(
+        torch.from_numpy(np.where(valid, depth, 0.0).astype(np.float64)),
+        torch.from_numpy(camera.intrinsics),
+        torch.from_numpy(camera.world_to_camera),
+    ).numpy()
+    return points[valid]
+
+
+def _reached_keys(instance: Path) -> set[int]:
+    """Voxel keys reached by the back-projected depth of every view of an instance on disk."""
+    grid = np.load(instance / "gt" / "anomaly_volume.npz")
+    keys: set[int] = set()
+    for camera in read_cameras(instance / "cameras.json"):
+        depth = np.load(instance / "depth" / f"{camera.name}.npy")
+        points = torch.from_numpy(_world_points(depth, camera))
+        voxels = geometry.points_to_voxels(points, torch.from_numpy(grid["origin"]), float(grid["voxel_size"]))
+        keys.update(geometry.voxel_keys(voxels).tolist())
+    return keys
+
+
+def test_render_depth_lies_on_mesh():
+    mesh, albedo = DEMO_OBJECTS["vase"]()
+    center, radius = bounding_sphere(mesh)
+    cameras = make_rig("sphere", 3, center, radius, 96, 72)
+    renders = render_views(mesh, cameras, Shading(albedo=albedo))
+    scene = make_scene(mesh)
+    voxel_size = radius / 60.0
+    for camera, render in zip(cameras, renders):
+        assert render.hit.sum() > 500
+        points = _world_points(render.depth, camera)
+        distance = scene.compute_distance(o3d.core.Tensor(points.astype(np.float32))).numpy()
+        assert distance.max() < 0.01 * voxel_size
+        assert np.all(render.gray[~render.hit] == 0.0)
+
+
+def test_render_lights_change_shading():
+    mesh, albedo = DEMO_OBJECTS["bin"]()
+    center, radius = bounding_sphere(mesh)
+    cameras = make_rig("ring", 1, center, radius, 64, 64)
+    dim = render_views(mesh, cameras, Shading(albedo=albedo, ambient=0.05))[0]
+    bright = render_views(mesh, cameras, Shading(albedo=albedo, ambient=0.3))[0]
+    assert bright.gray[bright.hit].mean() > dim.gray[dim.hit].mean() + 0.05
+    np.testing.assert_array_equal(dim.depth, bright.depth)
+
+
+def test_subdivision_keeps_mesh_closed():
+    box = o3d.geometry.TriangleMesh.create_box(1.0, 1.0, 1.0)
+    vertices = np.asarray(box.vertices)
+    triangles = np.asarray(box.triangles)
+    selected = np.zeros(len(triangles), dtype=bool)
+    selected[0] = True
+    new_vertices, new_triangles, parents = subdivide_triangles(vertices, triangles, selected)
+    refined = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(new_vertices), o3d.utility.Vector3iVector(new_triangles.astype(np.int32)))
+    assert len(new_triangles) > len(triangles)
+    assert refined.is_edge_manifold()
+    assert refined.is_watertight()
+    assert abs(refined.get_surface_area() - box.get_surface_area()) < 1e-9
+    assert parents.max() < len(triangles)
+
+
+@pytest.mark.parametrize("kind", ["dent", "bump", "chip"])
+def test_mesh_offset_defects_move_surface(kind):
+    box = o3d.geometry.TriangleMesh.create_box(0.3, 0.3, 0.3)
+    defect = Defect(kind, center=[0.15, 0.15, 0.3], normal=[0.0, 0.0, 1.0], radius=0.04, depth=0.01)
+    damaged, _ = apply_defects_to_mesh(box, [defect])
+    vertices = np.asarray(damaged.vertices)
+    central = vertices[(np.linalg.norm(vertices[:, :2] - 0.15, axis=1) < 0.002) & (vertices[:, 2] > 0.2), 2]
+    extreme = central.max() if kind == "bump" else central.min()
+    assert abs(extreme - (0.31 if kind == "bump" else 0.29)) < 1e-3
+    assert damaged.is_edge_manifold()
+
+
+def test_mesh_hole_removes_material_and_stain_keeps_it():
+    box = o3d.geometry.TriangleMesh.create_box(0.3, 0.3, 0.3)
+    hole = Defect("hole", center=[0.15, 0.15, 0.3], normal=[0.0, 0.0, 1.0], radius=0.04)
+    stain = Defect("stain", center=[0.15, 0.15, 0.3], normal=[0.0, 0.0, 1.0], radius=0.04, albedo_scale=0.5)
+    holed, _ = apply_defects_to_mesh(box, [hole])
+    stained, _ = apply_defects_to_mesh(box, [stain])
+    assert holed.get_surface_area() < box.get_surface_area() - 0.9 * np.pi * 0.04**2
+    np.testing.assert_allclose(np.asarray(stained.vertices), np.asarray(box.vertices))
+    assert stain.albedo_factor(np.array([[0.15, 0.15, 0.3]]))[0] == pytest.approx(0.5)
+
+
+def test_view_defect_consistent_across_views():
+    # A plane z = 0 seen by two cameras; a bump of height h must lift both views' points to z = h at the centre.
+    plane = o3d.geometry.TriangleMesh.create_box(1.0, 1.0, 0.01)
+    plane.translate([-0.5, -0.5, -0.01])
+    cameras = make_rig("ring", 2, np.zeros(3), 0.3, 80, 80, elevation_degrees=60.0)
+    renders = render_views(plane, cameras)
+    depths = np.stack([render.depth for render in renders])
+    grays = np.stack([render.gray for render in renders])
+    intrinsics = np.stack([camera.intrinsics for camera in cameras])
+    poses = np.stack([camera.world_to_camera for camera in cameras])
+    bump = Defect("bump", center=[0.0, 0.0, 0.0], normal=[0.0, 0.0, 1.0], radius=0.1, depth=0.02)
+    new_depths, _, labels = apply_defects_to_views(depths, grays, intrinsics, poses, [bump])
+    for view, camera in enumerate(cameras):
+        moved = _world_points(new_depths[view], camera)
+        original = _world_points(depths[view], camera)
+        near_center = np.linalg.norm(original[:, :2], axis=1) < 0.01
+        assert near_center.any()
+        assert np.abs(moved[near_center, 2] - 0.02).max() < 2e-3
+        assert labels[view].sum() > 0
+        outside = np.linalg.norm(original[:, :2], axis=1) > 0.1
+        np.testing.assert_allclose(moved[outside], original[outside], atol=1e-5)
+
+
+def test_demo_ground_truth_reached_by_depth(tmp_path):
+    folder = make_demo_dataset(tmp_path, "demo_cabinet", views=4, image_size=96, nominal=1, anomalous=3, synth=True, progress=False)
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == ["demo_cabinet_bad_01", "demo_cabinet_bad_02", "demo_cabinet_bad_03", "demo_cabinet_good_01", "demo_cabinet_real", "demo_cabinet_synth"]
+    for instance in folder.glob("demo_cabinet_*_0*"):
+        grid = np.load(instance / "gt" / "anomaly_volume.npz")
+        assert grid["coords"].dtype == np.int32
+        reached = _reached_keys(instance)
+        keys = geometry.voxel_keys(torch.from_numpy(grid["coords"].astype(np.int64))).tolist()
+        anomalous = [key for key, flag in zip(keys, grid["anomalous"]) if flag]
+        assert set(keys) <= reached
+        assert all(key in reached for key in anomalous)
+        assert (len(anomalous) > 0) == ("bad" in instance.name)
+    real = np.load(folder / "demo_cabinet_real" / "depth" / "C01.npy")
+    good = np.load(folder / "demo_cabinet_good_01" / "depth" / "C01.npy")
+    assert not np.array_equal(np.isfinite(real), np.isfinite(good)) or not np.allclose(real, good)
+    assert len(list((folder / "demo_cabinet_synth" / "DEPTH").glob("*_depth.exr"))) == 4
+
+
+def test_demo_rejects_unknown_category(tmp_path):
+    with pytest.raises(ValueError, match="demo_stool"):
+        make_demo_dataset(tmp_path, "demo_teapot")
+
+
+def test_demo_all_defect_kinds_visible(tmp_path):
+    folder = make_demo_dataset(tmp_path, "demo_bin", views=4, image_size=80, nominal=0, anomalous=len(DEFECT_KINDS), progress=False)
+    for index in range(len(DEFECT_KINDS)):
+        grid = np.load(folder / f"demo_bin_bad_{index + 1:02d}" / "gt" / "anomaly_volume.npz")
+        assert grid["anomalous"].sum() > 0, DEFECT_KINDS[index]
+
+
+@pytest.mark.shared_data
+def test_render_cli_on_cad_mesh(shared_data, tmp_path):
+    import OpenEXR
+
+    mesh = shared_data / "cad" / "fandisk.obj"
+    command = [sys.executable, "-m", "sim3d_datamodule.cli", "render", "--mesh", str(mesh), "--out", str(tmp_path), "--category", "fandisk"]
+    command += ["--views", "3", "--units", "m", "--size", "80x60", "--up", "y", "--light", "head:0.7", "--light", "0,1,0:0.3"]
+    result = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    synth = tmp_path / "fandisk" / "fandisk_synth"
+    cameras = json.loads((synth / "cameras.json").read_text())["views"]
+    assert [view["name"] for view in cameras] == ["C01", "C02", "C03"]
+    scene = make_scene(o3d.io.read_triangle_mesh(str(mesh)))
+    for camera in read_cameras(synth / "cameras.json"):
+        assert (synth / "RGB" / f"{camera.name}_2.png").is_file()
+        with OpenEXR.File(str(synth / "DEPTH" / f"{camera.name}_depth.exr")) as exr:
+            depth = next(iter(exr.channels().values())).pixels.astype(np.float64)
+        background = depth == depth.max()
+        assert 0 < background.sum() < depth.size
+        depth[background] = np.inf
+        points = _world_points(depth, camera)
+        assert np.abs(scene.compute_distance(o3d.core.Tensor(points.astype(np.float32))).numpy()).max() < 1e-4
+
+
+def test_render_cli_rejects_bad_light(tmp_path):
+    box = o3d.geometry.TriangleMesh.create_box(0.1, 0.1, 0.1)
+    mesh_path = tmp_path / "box.ply"
+    o3d.io.write_triangle_mesh(str(mesh_path), box)
+    command = [sys.executable, "-m", "sim3d_datamodule.cli", "render", "--mesh", str(mesh_path), "--out", str(tmp_path), "--category", "box", "--light", "up:1"]
+    result = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 0
+    assert "X,Y,Z:INTENSITY" in result.stderr
+
+
+@pytest.mark.shared_data
+def test_import_rgbd_redkitchen(shared_data, tmp_path):
+    from sim3d_datamodule.synthesis.rgbd import import_rgbd, instance_offsets
+
+    folder = import_rgbd(shared_data / "redkitchen", tmp_path, "kitchen", views=3, nominal=1, anomalous=2, downsample=4, progress=False)
+    assert sorted(path.name for path in folder.iterdir()) == ["kitchen_bad_01", "kitchen_bad_02", "kitchen_good_01", "kitchen_real"]
+    cameras = read_cameras(folder / "kitchen_real" / "cameras.json")
+    assert [camera.width for camera in cameras] == [160] * 3
+    assert cameras[0].intrinsics[0, 0] == pytest.approx(585.0 / 4)
+    nominal_offsets, anomalous_offsets = instance_offsets(1, 2, 3)
+    assert sorted(nominal_offsets + anomalous_offsets) == [-6, -3, 3]
+    # The first view slot sits as far from the sequence start as the largest offset.
+    pose = np.loadtxt(shared_data / "redkitchen" / "frame-000006.pose.txt")
+    np.testing.assert_allclose(cameras[0].world_to_camera @ pose, np.eye(4), atol=1e-9)
+    good = read_cameras(folder / "kitchen_good_01" / "cameras.json")
+    pose = np.loadtxt(shared_data / "redkitchen" / "frame-000003.pose.txt")
+    np.testing.assert_allclose(good[0].world_to_camera @ pose, np.eye(4), atol=1e-9)
+    depth = np.load(folder / "kitchen_real" / "depth" / "C01.npy")
+    assert depth.shape == (120, 160)
+    assert np.isfinite(depth).mean() > 0.5
+    assert 0.3 < np.nanmedian(depth[np.isfinite(depth)]) < 5.0
+    for instance in ("kitchen_bad_01", "kitchen_bad_02"):
+        grid = np.load(folder / instance / "gt" / "anomaly_volume.npz")
+        keys = geometry.voxel_keys(torch.from_numpy(grid["coords"].astype(np.int64))).tolist()
+        reached = _reached_keys(folder / instance)
+        anomalous = [key for key, flag in zip(keys, grid["anomalous"]) if flag]
+        assert anomalous
+        assert all(key in reached for key in anomalous)
