@@ -227,3 +227,15 @@ def test_import_rgbd_redkitchen(shared_data, tmp_path):
         anomalous = [key for key, flag in zip(keys, grid["anomalous"]) if flag]
         assert anomalous
         assert all(key in reached for key in anomalous)
+
+
+def test_make_demo_cli_writes_category(tmp_path):
+    command = [sys.executable, "-m", "sim3d_datamodule.cli", "make-demo", "--out", str(tmp_path), "--category", "demo_vase"]
+    command += ["--views", "3", "--image-size", "64", "--nominal", "1", "--anomalous", "1", "--kind", "bump"]
+    result = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "demo_vase"
+    assert sorted(path.name for path in folder.iterdir()) == ["demo_vase_bad_01", "demo_vase_good_01", "demo_vase_real"]
+    assert sorted(path.name for path in (folder / "demo_vase_real" / "rgb").iterdir()) == ["C01_2.png", "C02_2.png", "C03_2.png"]
+    assert (tmp_path / "demo_vase_preview.png").is_file()
+    assert np.load(folder / "demo_vase_bad_01" / "gt" / "anomaly_volume.npz")["anomalous"].any()

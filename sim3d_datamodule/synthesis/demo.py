@@ -14,6 +14,7 @@ from sim3d_datamodule.synthesis._format import CameraView, write_cameras, write_
 from sim3d_datamodule.synthesis.capture import CaptureEffects, degrade_view, jitter_cameras, jitter_shading
 from sim3d_datamodule.synthesis.defects import DEFECT_KINDS, Defect, defects_contain, sample_defect
 from sim3d_datamodule.synthesis.mesh_defects import apply_defects_to_mesh
+from sim3d_datamodule.synthesis.preview import write_preview
 from sim3d_datamodule.synthesis.procedural import DEMO_OBJECTS
 from sim3d_datamodule.synthesis.render import RenderedView, Shading, bounding_sphere, render_views, write_synth_folder
 from sim3d_datamodule.synthesis.rig import make_rig
@@ -89,7 +90,8 @@ def make_demo_dataset(
     test) and ``<category>_bad_XX`` (anomalous test, ``defects_per_instance``
     defects each, kinds taken in turn from ``kinds``), every instance with its
     own capture effects, and with ``synth`` a clean ``<category>_synth``
-    render. Every test instance gets ``gt/anomaly_volume.npz`` at a voxel edge
+    render, and ``root/<category>_preview.png``, a contact sheet with the
+    defects outlined. Every test instance gets ``gt/anomaly_volume.npz`` at a voxel edge
     of 1/60 of the object's bounding radius. Views form a ring at 30 degrees
     elevation; images are ``image_size`` x ``image_size``.
 
@@ -119,6 +121,7 @@ def make_demo_dataset(
     instances += [(f"{category}_good_{index + 1:02d}", False) for index in range(nominal)]
     instances += [(f"{category}_bad_{index + 1:02d}", True) for index in range(anomalous)]
     bad_index = 0
+    preview_rows = []
     for index, (instance, is_bad) in enumerate(tqdm(instances, desc=f"demo {category}", unit="instance", disable=not progress)):
         rng = np.random.default_rng([seed, index])
         for _ in range(MAX_PLACEMENT_TRIES):
@@ -145,6 +148,8 @@ def make_demo_dataset(
         write_instance(folder / instance, cameras, grays, depths)
         if index > 0:
             write_ground_truth(folder / instance / "gt" / "anomaly_volume.npz", grid)
+        preview_rows.append((instance, np.stack(grays), np.stack(labels)))
     if synth:
         write_synth_folder(folder / f"{category}_synth", rig, clean)
+    write_preview(Path(root) / f"{category}_preview.png", preview_rows)
     return folder

@@ -25,6 +25,7 @@ from sim3d_datamodule import geometry
 from sim3d_datamodule.synthesis._format import CameraView, write_ground_truth
 from sim3d_datamodule.synthesis.defects import DEFECT_KINDS, sample_defect
 from sim3d_datamodule.synthesis.demo import ground_truth_from_views, write_instance
+from sim3d_datamodule.synthesis.preview import write_preview
 from sim3d_datamodule.synthesis.rig import view_name
 from sim3d_datamodule.synthesis.view_defects import apply_defects_to_views, surface_samples
 
@@ -190,7 +191,9 @@ def import_rgbd(
     about ``defect_radius`` metres, defined in 3-D and applied to all its views.
     Test instances get ground truth at ``voxel_size`` metres. Images are
     reduced by the integer factor ``downsample``; depth is stored in metres
-    (raw value times ``depth_scale``), ``inf`` where missing or beyond ``max_depth``.
+    (raw value times ``depth_scale``), ``inf`` where missing or beyond
+    ``max_depth``. A contact sheet with the defects outlined goes to
+    ``root/<category>_preview.png``.
 
     Returns:
         The category folder.
@@ -216,6 +219,7 @@ def import_rgbd(
     scaled = geometry.scale_intrinsics(torch.from_numpy(intrinsics), 1.0 / downsample, 1.0 / downsample).numpy()
     folder = Path(root) / category
     bad_index = 0
+    preview_rows = []
     for index, (instance, offset, is_bad) in enumerate(tqdm(instances, desc=f"import {category}", unit="instance", disable=not progress)):
         chosen = [frames[slot + offset] for slot in slots]
         loaded = [load_frame(frame, downsample, depth_scale, max_depth) for frame in chosen]
@@ -241,4 +245,6 @@ def import_rgbd(
             if grid.anomalous is None:
                 grid.anomalous = torch.zeros(grid.num_voxels, dtype=torch.bool)
             write_ground_truth(folder / instance / "gt" / "anomaly_volume.npz", grid)
+        preview_rows.append((instance, grays, labels))
+    write_preview(Path(root) / f"{category}_preview.png", preview_rows)
     return folder
