@@ -213,14 +213,15 @@ def sample_defect(
         msg = f"Cannot place a {kind}: no candidate surface point was given."
         raise ValueError(msg)
     radius = size * scale * rng.uniform(0.8, 1.25)
+    # Chips sit on edges: their anchor is drawn among the points whose neighbourhood bends most.
+    # Other kinds avoid edges and thin parts, where a footprint would wrap around the part.
+    subset = rng.choice(points.shape[0], size=min(points.shape[0], 4000), replace=False)
+    scores = _edge_scores(points[subset], normals[subset], 0.5 * radius)
     if kind == "chip":
-        # Chips sit on edges: draw the anchor among the points whose neighbourhood bends most.
-        subset = rng.choice(points.shape[0], size=min(points.shape[0], 4000), replace=False)
-        scores = _edge_scores(points[subset], normals[subset], 0.5 * radius)
-        top = subset[scores >= np.quantile(scores, 0.95)]
-        anchor = int(rng.choice(top))
+        candidates = subset[scores >= np.quantile(scores, 0.95)]
     else:
-        anchor = int(rng.integers(points.shape[0]))
+        candidates = subset[scores <= np.quantile(scores, 0.6)]
+    anchor = int(rng.choice(candidates))
     normal = _anchor_normal(points, normals, anchor, 0.5 * radius)
     harmonics = np.stack((rng.uniform(0.0, 0.12, 3), rng.uniform(0.0, 2.0 * np.pi, 3)), axis=1)
     common = {"center": points[anchor], "normal": normal}

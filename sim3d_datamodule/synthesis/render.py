@@ -146,7 +146,10 @@ def bounding_sphere(mesh: o3d.geometry.TriangleMesh) -> tuple[np.ndarray, float]
 def make_scene(mesh: o3d.geometry.TriangleMesh) -> o3d.t.geometry.RaycastingScene:
     """Build a ray-casting scene holding ``mesh``."""
     scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(mesh))
+    # Only geometry is used: silence open3d's warning that extra OBJ materials are not converted.
+    with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
+        triangles = o3d.t.geometry.TriangleMesh.from_legacy(mesh)
+    scene.add_triangles(triangles)
     return scene
 
 
