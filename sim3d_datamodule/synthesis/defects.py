@@ -4,8 +4,8 @@ A defect lives in a local frame at a surface point: ``center``, unit
 ``normal`` and two tangents. Its footprint is a region of the tangent plane
 (an irregular disc for patch defects, a band around a curved 2-D path for
 cracks and scratches), extruded along the normal within ``band`` metres. Geometric
-defects move the surface along ``normal`` by a signed offset profile (positive
-outwards); stains scale the albedo and leave the geometry unchanged; holes
+defects move the surface along ``normal`` by a signed offset profile, positive
+outwards. Stains scale the albedo and leave the geometry unchanged. Holes
 remove the material in the footprint.
 
 Because the footprint is a 3-D region, the same defect lands consistently in

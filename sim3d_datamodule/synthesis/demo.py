@@ -87,11 +87,11 @@ def make_demo_dataset(
     """Render a procedural object as a SiM3D-layout category under ``root/category``.
 
     Writes ``<category>_real`` (training), ``<category>_good_XX`` (nominal
-    test) and ``<category>_bad_XX`` (anomalous test, ``defects_per_instance``
-    defects each, kinds taken in turn from ``kinds``), every instance with its
-    own capture effects, and with ``synth`` a clean ``<category>_synth``
-    render, and ``root/<category>_preview.png``, a contact sheet with the
-    defects outlined. Every test instance gets ``gt/anomaly_volume.npz`` at a voxel edge
+    test) and ``<category>_bad_XX`` (anomalous test). Each anomalous instance
+    has ``defects_per_instance`` defects whose kinds are taken in turn from
+    ``kinds``. Every instance has its own capture effects. With ``synth`` a
+    clean ``<category>_synth`` render is added. ``root/<category>_preview.png``
+    is a contact sheet with the defects outlined. Every test instance gets ``gt/anomaly_volume.npz`` at a voxel edge
     of 1/60 of the object's bounding radius. Views form a ring at 30 degrees
     elevation; images are ``image_size`` x ``image_size``.
 

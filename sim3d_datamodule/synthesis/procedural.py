@@ -72,7 +72,7 @@ def _merge(parts: list[tuple[o3d.geometry.TriangleMesh, float]]) -> tuple[o3d.ge
 
 
 def make_stool() -> tuple[o3d.geometry.TriangleMesh, np.ndarray]:
-    """A round stool, 0.47 m tall: seat disc, four splayed legs and a foot ring."""
+    """Build a round stool, 0.47 m tall: seat disc, four splayed legs and a foot ring."""
     parts = [(_cylinder(0.17, 0.035, [0.0, 0.0, 0.435], resolution=64), 0.8)]
     for angle in np.pi / 4 + np.pi / 2 * np.arange(4):
         direction = np.array([np.cos(angle), np.sin(angle), 0.0])
@@ -84,7 +84,7 @@ def make_stool() -> tuple[o3d.geometry.TriangleMesh, np.ndarray]:
 
 
 def make_vase() -> tuple[o3d.geometry.TriangleMesh, np.ndarray]:
-    """A lathe-profile vase, 0.42 m tall, with a bulging body, a neck and a lip."""
+    """Build a lathe-profile vase, 0.42 m tall, with a bulging body, a neck and a lip."""
     heights = np.linspace(0.0, 0.42, 40)
     radii = 0.075 + 0.06 * np.sin(np.pi * np.clip(heights / 0.34, 0.0, 1.0)) ** 1.5
     radii[heights > 0.34] = 0.075 + 0.15 * (heights[heights > 0.34] - 0.34)
@@ -93,7 +93,7 @@ def make_vase() -> tuple[o3d.geometry.TriangleMesh, np.ndarray]:
 
 
 def make_bin() -> tuple[o3d.geometry.TriangleMesh, np.ndarray]:
-    """A tapered rubbish bin, 0.40 m tall, with a rolled rim and a pedal."""
+    """Build a tapered rubbish bin, 0.40 m tall, with a rolled rim and a pedal."""
     heights = np.linspace(0.0, 0.38, 16)
     radii = 0.13 + 0.03 * heights / 0.38
     profile = np.concatenate(([[0.0, 0.0]], np.stack((radii, heights), axis=1), [[0.152, 0.38], [0.148, 0.05]]))
@@ -104,7 +104,7 @@ def make_bin() -> tuple[o3d.geometry.TriangleMesh, np.ndarray]:
 
 
 def make_cabinet() -> tuple[o3d.geometry.TriangleMesh, np.ndarray]:
-    """A sink cabinet, 0.56 m tall: body, overhanging top, two doors with handles and a plinth."""
+    """Build a sink cabinet, 0.56 m tall: body, overhanging top, two doors with handles and a plinth."""
     parts = [
         (_box((0.40, 0.30, 0.46), (-0.20, -0.15, 0.05)), 0.75),
         (_box((0.44, 0.33, 0.04), (-0.22, -0.165, 0.51)), 0.6),

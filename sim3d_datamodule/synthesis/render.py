@@ -2,7 +2,7 @@
 
 Shading is Lambertian with an ambient term, any number of lights (directional
 lights fixed in the world, or a headlight at each camera) and optional
-Blinn-Phong highlights; directional lights cast shadows. Depth is the
+Blinn-Phong highlights. Directional lights cast shadows. Depth is the
 camera-frame z in metres, ``inf`` where a ray misses the mesh.
 """
 
@@ -216,7 +216,7 @@ def render_view(
     hit_normals = result["primitive_normals"].numpy()[hit].astype(np.float64)
     hit_normals /= np.linalg.norm(hit_normals, axis=1, keepdims=True).clip(1e-12)
     towards_camera = -directions[hit] / np.linalg.norm(directions[hit], axis=1, keepdims=True)
-    # Meshes from CAD exports often have inconsistent winding: shade the side the camera sees.
+    # Meshes from CAD exports often have inconsistent winding, so normals are flipped to face the camera.
     facing = np.einsum("ij,ij->i", hit_normals, towards_camera)
     hit_normals[facing < 0] *= -1.0
     normals[hit] = hit_normals

@@ -1,6 +1,6 @@
 """Import of posed RGB-D sequences (7-Scenes file naming) into the SiM3D layout.
 
-A sequence folder holds ``frame-XXXXXX.color.jpg`` (or ``.png``),
+A sequence folder contains ``frame-XXXXXX.color.jpg`` (or ``.png``),
 ``frame-XXXXXX.depth.png`` (16-bit, millimetres by default) and
 ``frame-XXXXXX.pose.txt`` (camera-to-world 4x4) per frame, and one 3x3
 ``camera-intrinsics.txt``. The import picks ``views`` view slots spread along
