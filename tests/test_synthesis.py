@@ -239,3 +239,33 @@ def test_make_demo_cli_writes_category(tmp_path):
     assert sorted(path.name for path in (folder / "demo_vase_real" / "rgb").iterdir()) == ["C01_2.png", "C02_2.png", "C03_2.png"]
     assert (tmp_path / "demo_vase_preview.png").is_file()
     assert np.load(folder / "demo_vase_bad_01" / "gt" / "anomaly_volume.npz")["anomalous"].any()
+
+
+def test_demo_same_seed_same_files(tmp_path):
+    settings = {"views": 2, "image_size": 48, "nominal": 0, "anomalous": 1, "progress": False}
+    first = make_demo_dataset(tmp_path / "a", "demo_vase", seed=3, **settings)
+    second = make_demo_dataset(tmp_path / "b", "demo_vase", seed=3, **settings)
+    other = make_demo_dataset(tmp_path / "c", "demo_vase", seed=4, **settings)
+    name = "demo_vase_bad_01/depth/C01.npy"
+    np.testing.assert_array_equal(np.load(first / name), np.load(second / name))
+    assert not np.array_equal(np.load(first / name), np.load(other / name))
+
+
+def test_render_from_cameras_json(tmp_path):
+    from sim3d_datamodule.synthesis._format import write_cameras
+    from sim3d_datamodule.synthesis.mesh_category import render_mesh_category
+
+    mesh, _ = DEMO_OBJECTS["cabinet"]()
+    mesh_path = tmp_path / "cabinet.ply"
+    o3d.io.write_triangle_mesh(str(mesh_path), mesh)
+    center, radius = bounding_sphere(mesh)
+    cameras = make_rig("sphere", 2, center, radius, 50, 40)
+    cameras[1].name = "top"
+    write_cameras(tmp_path / "rig.json", cameras)
+    written = render_mesh_category(mesh_path, tmp_path / "out", "cabinet", cameras_path=tmp_path / "rig.json", units="m", progress=False)
+    synth = written[0]
+    rendered = read_cameras(synth / "cameras.json")
+    assert [camera.name for camera in rendered] == ["C01", "top"]
+    np.testing.assert_allclose(rendered[1].world_to_camera, cameras[1].world_to_camera)
+    assert (synth / "RGB" / "top_2.png").is_file()
+    assert (synth / "DEPTH" / "top_depth.exr").is_file()

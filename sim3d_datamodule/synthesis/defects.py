@@ -98,7 +98,7 @@ class Defect:
         """Return the footprint coordinate ``(N,)``: below 1 inside the footprint, inf outside the normal band."""
         plane, offset = self.local_coordinates(points)
         if self.kind in PATH_KINDS:
-            distance = _distance_to_polyline(plane, self.path) / self.radius
+            distance = distance_to_polyline(plane, self.path) / self.radius
         else:
             angle = np.arctan2(plane[:, 1], plane[:, 0])
             ripple = np.ones_like(angle)
@@ -145,7 +145,7 @@ class Defect:
         return factor
 
 
-def _distance_to_polyline(points: np.ndarray, path: np.ndarray) -> np.ndarray:
+def distance_to_polyline(points: np.ndarray, path: np.ndarray) -> np.ndarray:
     """Return the distance ``(N,)`` of 2-D points ``(N, 2)`` to the polyline ``(P, 2)``."""
     best = np.full(points.shape[0], np.inf)
     for start, end in zip(path[:-1], path[1:]):

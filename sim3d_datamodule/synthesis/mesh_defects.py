@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import open3d as o3d
 
-from sim3d_datamodule.synthesis.defects import GEOMETRIC_KINDS, PATH_KINDS, Defect
+from sim3d_datamodule.synthesis.defects import GEOMETRIC_KINDS, PATH_KINDS, Defect, distance_to_polyline
 
 MAX_TRIANGLES = 4_000_000
 
@@ -81,9 +81,7 @@ def _near_footprint(defect: Defect, centroids: np.ndarray, spans: np.ndarray) ->
     """Return ``(T,)`` bool, true for triangles (centroid, max vertex distance) that may touch the footprint."""
     plane, offset = defect.local_coordinates(centroids)
     if defect.kind in PATH_KINDS:
-        from sim3d_datamodule.synthesis.defects import _distance_to_polyline  # noqa: PLC0415
-
-        outside = _distance_to_polyline(plane, defect.path) - defect.radius
+        outside = distance_to_polyline(plane, defect.path) - defect.radius
     else:
         ripple = float(np.abs(defect.harmonics[:, 0]).sum()) if len(defect.harmonics) else 0.0
         outside = np.linalg.norm(plane, axis=1) - defect.radius * (1.0 + ripple) * 1.3

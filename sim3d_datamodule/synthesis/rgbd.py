@@ -12,6 +12,7 @@ nearly the same camera pose.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,12 +127,10 @@ def _downsample_depth(depth: np.ndarray, factor: int) -> np.ndarray:
     height, width = depth.shape[0] // factor, depth.shape[1] // factor
     blocks = depth[: height * factor, : width * factor].reshape(height, factor, width, factor).transpose(0, 2, 1, 3).reshape(height, width, -1)
     enough = np.isfinite(blocks).sum(axis=-1) * 2 >= factor * factor
-    with np.errstate(all="ignore"):
-        import warnings  # noqa: PLC0415
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            median = np.nanmedian(blocks, axis=-1)
+    with warnings.catch_warnings():
+        # All-NaN blocks warn in nanmedian; they are marked invalid just below.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(blocks, axis=-1)
     median[~enough] = np.nan
     return median
 
