@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import open3d as o3d
 
-from sim3d_datamodule.synthesis.defects import GEOMETRIC_KINDS, PATH_KINDS, Defect, distance_to_polyline
+from sim3d_datamodule.synthesis.defects import GEOMETRIC_KINDS, HOLE_RIM, PATH_KINDS, Defect, distance_to_polyline
 
 MAX_TRIANGLES = 4_000_000
 
@@ -84,7 +84,8 @@ def _near_footprint(defect: Defect, centroids: np.ndarray, spans: np.ndarray) ->
         outside = distance_to_polyline(plane, defect.path) - defect.radius
     else:
         ripple = float(np.abs(defect.harmonics[:, 0]).sum()) if len(defect.harmonics) else 0.0
-        outside = np.linalg.norm(plane, axis=1) - defect.radius * (1.0 + ripple) * 1.3
+        # Refine out to the ground-truth rim of holes so that the cut edge and the rim are both resolved.
+        outside = np.linalg.norm(plane, axis=1) - defect.radius * (1.0 + ripple) * HOLE_RIM
     return (outside < spans) & (np.abs(offset) < defect.band + spans)
 
 
