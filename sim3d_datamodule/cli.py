@@ -93,6 +93,9 @@ def make_demo(out, category, views, image_size, nominal, anomalous, kinds, defec
     """Write the embedded procedural demo category (no download needed)."""
     from sim3d_datamodule.synthesis.demo import make_demo_dataset  # noqa: PLC0415
 
+    if views < 1 or image_size < 16 or nominal < 0 or anomalous < 0:
+        msg = f"Invalid demo size: --views {views} (>= 1), --image-size {image_size} (>= 16), --nominal {nominal} and --anomalous {anomalous} (>= 0)."
+        raise click.BadParameter(msg)
     folder = make_demo_dataset(
         out,
         category=category,

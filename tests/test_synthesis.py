@@ -269,3 +269,28 @@ def test_render_from_cameras_json(tmp_path):
     np.testing.assert_allclose(rendered[1].world_to_camera, cameras[1].world_to_camera)
     assert (synth / "RGB" / "top_2.png").is_file()
     assert (synth / "DEPTH" / "top_depth.exr").is_file()
+
+
+def test_load_mesh_rejects_point_cloud(tmp_path):
+    from sim3d_datamodule.synthesis.render import load_mesh
+
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.random.default_rng(0).random((20, 3))))
+    path = tmp_path / "scan.ply"
+    o3d.io.write_point_cloud(str(path), cloud)
+    with pytest.raises(ValueError, match="no triangles"):
+        load_mesh(path)
+    with pytest.raises(ValueError, match="units"):
+        load_mesh(path, units="inch")
+    with pytest.raises(FileNotFoundError, match="missing.stl"):
+        load_mesh(tmp_path / "missing.stl")
+
+
+def test_load_mesh_scales_units(tmp_path):
+    from sim3d_datamodule.synthesis.render import load_mesh
+
+    path = tmp_path / "box.stl"
+    box = o3d.geometry.TriangleMesh.create_box(100.0, 50.0, 20.0)
+    box.compute_triangle_normals()
+    o3d.io.write_triangle_mesh(str(path), box)
+    extent = load_mesh(path, units="mm").get_axis_aligned_bounding_box().get_extent()
+    np.testing.assert_allclose(extent, [0.1, 0.05, 0.02], rtol=1e-6)
