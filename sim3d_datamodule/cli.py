@@ -157,5 +157,27 @@ def import_rgbd_command(src, out, category, views, nominal, anomalous, frame_str
     click.echo(f"wrote {folder}")
 
 
+@main.command("check-gt")
+@click.argument("category_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def check_gt(category_dir) -> None:
+    """Check that every anomalous ground-truth voxel of CATEGORY_DIR's test instances is reached by some view's depth."""
+    from sim3d_datamodule.synthesis.checks import check_ground_truth  # noqa: PLC0415
+
+    instances = sorted(path.parent.parent for path in category_dir.glob("*/gt/anomaly_volume.npz"))
+    if not instances:
+        raise click.ClickException(f"No */gt/anomaly_volume.npz found under {category_dir}.")
+    failed = 0
+    click.echo(f"{'instance':<32} {'voxels':>8} {'anomalous':>9} {'unreached':>9} {'unreached anomalous':>19}")
+    for instance in instances:
+        try:
+            result = check_ground_truth(instance)
+        except (FileNotFoundError, KeyError, ValueError) as error:
+            raise click.ClickException(f"{instance}: {error}") from error
+        failed += int(not result.ok)
+        click.echo(f"{instance.name:<32} {result.voxels:>8} {result.anomalous:>9} {result.unreached:>9} {result.unreached_anomalous:>19}")
+    if failed:
+        raise click.ClickException(f"{failed} instance(s) have anomalous voxels that no view's depth reaches.")
+
+
 if __name__ == "__main__":
     main()

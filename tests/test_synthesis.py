@@ -294,3 +294,29 @@ def test_load_mesh_scales_units(tmp_path):
     o3d.io.write_triangle_mesh(str(path), box)
     extent = load_mesh(path, units="mm").get_axis_aligned_bounding_box().get_extent()
     np.testing.assert_allclose(extent, [0.1, 0.05, 0.02], rtol=1e-6)
+
+
+def test_check_ground_truth_flags_unreached_voxel(tmp_path):
+    from sim3d_datamodule.synthesis.checks import check_ground_truth
+
+    folder = make_demo_dataset(tmp_path, "demo_bin", views=2, image_size=64, nominal=0, anomalous=1, kinds=["bump"], progress=False)
+    instance = folder / "demo_bin_bad_01"
+    result = check_ground_truth(instance)
+    assert result.ok
+    assert result.anomalous > 0
+    assert result.unreached == 0
+
+    path = instance / "gt" / "anomaly_volume.npz"
+    arrays = dict(np.load(path))
+    far = arrays["coords"].max(axis=0) + 50
+    arrays["coords"] = np.concatenate((arrays["coords"], far[None].astype(np.int32)))
+    arrays["anomalous"] = np.concatenate((arrays["anomalous"], [True]))
+    np.savez(path, **arrays)
+    broken = check_ground_truth(instance)
+    assert not broken.ok
+    assert broken.unreached_anomalous == 1
+
+    command = [sys.executable, "-m", "sim3d_datamodule.cli", "check-gt", str(folder)]
+    result = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1
+    assert "demo_bin_bad_01" in result.stdout
