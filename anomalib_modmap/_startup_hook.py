@@ -43,14 +43,21 @@ class _RegisteringLoader:
 
 
 class AnomalibModmapFinder:
-    """Meta-path finder that lets the other finders locate a trigger module, then wraps its loader."""
+    """Meta-path finder that lets the other finders locate a trigger module, then wraps its loader.
+
+    Finders marked with ``is_anomalib_modmap_finder`` are skipped during the
+    search, so two copies of this hook (the installed one and one imported
+    from a checkout) never call each other.
+    """
+
+    is_anomalib_modmap_finder = True
 
     @classmethod
     def find_spec(cls, fullname: str, path: object = None, target: object = None) -> object:
         if fullname not in TRIGGER_MODULES:
             return None
         for finder in sys.meta_path:
-            if finder is cls or not hasattr(finder, "find_spec"):
+            if getattr(finder, "is_anomalib_modmap_finder", False) or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:
@@ -78,8 +85,8 @@ def _register(module_name: str) -> None:
 
 
 def install() -> None:
-    """Put the finder first on ``sys.meta_path`` and register right away for trigger modules already imported."""
-    if AnomalibModmapFinder not in sys.meta_path:
+    """Put the finder first on ``sys.meta_path`` unless a copy is there, and register for trigger modules already imported."""
+    if not any(getattr(finder, "is_anomalib_modmap_finder", False) for finder in sys.meta_path):
         sys.meta_path.insert(0, AnomalibModmapFinder)
     for name in sorted(TRIGGER_MODULES & set(sys.modules)):
         _register(name)
