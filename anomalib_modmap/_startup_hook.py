@@ -26,7 +26,7 @@ class _RegisteringLoader:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: object) -> None:
-        # Restore the real loader first so that anomalib sees an ordinary module.
+        # Restore the real loader first so that anomalib gets an ordinary module.
         module.__loader__ = self._loader
         if getattr(module, "__spec__", None) is not None:
             module.__spec__.loader = self._loader

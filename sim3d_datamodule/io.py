@@ -350,7 +350,7 @@ def _parse_camera_view(entry: object, index: int, path: Path) -> CameraView:
         raise _fail(path, f"views[{index}] is not an object", "Write each view as {name, K, world_to_camera, width, height}")
     missing = [key for key in ("name", "K", "world_to_camera", "width", "height") if key not in entry]
     if missing:
-        raise _fail(path, f"views[{index}] lacks {missing}", "Add the missing keys")
+        raise _fail(path, f"views[{index}] is missing keys {missing}", "Add the missing keys")
 
     name = entry["name"]
     if not isinstance(name, str) or not name:
@@ -433,7 +433,7 @@ def read_ground_truth(path: PathLike) -> VoxelGrid:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in _GROUND_TRUTH_KEYS if key not in archive.files]
             if missing:
-                raise _fail(path, f"ground truth lacks {missing}", f"Store all of {list(_GROUND_TRUTH_KEYS)}")
+                raise _fail(path, f"ground truth is missing keys {missing}", f"Store all of {list(_GROUND_TRUTH_KEYS)}")
             arrays = {key: archive[key] for key in _GROUND_TRUTH_KEYS}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         if isinstance(error, SiM3DFormatError):

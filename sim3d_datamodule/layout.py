@@ -245,6 +245,9 @@ def select_views(num_views: int, views: str | int | Sequence[int] = "all", sampl
     if sampling not in VIEW_SAMPLINGS:
         msg = f"Unknown view_sampling {sampling!r}; choose one of {list(VIEW_SAMPLINGS)}."
         raise ValueError(msg)
+    if isinstance(views, str) and views.strip().isdigit():
+        # Command lines and YAML files may deliver a count as text.
+        views = int(views)
     if isinstance(views, str):
         if views != "all":
             msg = f"views must be 'all', a count or a list of indices, got {views!r}."

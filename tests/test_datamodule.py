@@ -123,6 +123,10 @@ def test_view_selection(sim3d_root, views, sampling, expected):
     assert item.image.shape[0] == len(expected)
 
 
+def test_view_count_given_as_text():
+    assert layout.select_views(8, "4") == [0, 2, 4, 6]
+
+
 def test_random_view_sampling_is_seeded():
     first = layout.select_views(12, 5, "random", seed=3)
     again = layout.select_views(12, 5, "random", seed=3)
@@ -166,6 +170,17 @@ def test_train_pairs_cover_all_ordered_pairs(sim3d_root):
 
     batch = next(iter(datamodule.pair_dataloader(batch_size=4)))
     assert batch.image.shape == (4, 2, 3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_cached_views_match_fresh_loads(sim3d_root):
+    cached = _setup(sim3d_root, train_pairs=True, cache_views=True).train_data
+    fresh = _setup(sim3d_root, train_pairs=True).train_data
+    for index in (0, 5, 5):
+        assert torch.equal(cached[index].image, fresh[index].image)
+        assert torch.equal(cached[index].depth_map, fresh[index].depth_map)
+    # Pairs 0 and 5 are (C01, C01) and (C02, C02) in row-major order.
+    assert sorted(cached._view_cache) == [("toy_real", "C01"), ("toy_real", "C02")]
+    assert not fresh._view_cache
 
 
 def test_unnormalised_images_lie_in_unit_range(sim3d_root):
@@ -269,3 +284,16 @@ def test_camera_size_mismatch_raises(writable_root):
 def test_unsupported_val_split_raises(sim3d_root):
     with pytest.raises(ValueError, match="val_split_mode 'synthetic' is not supported"):
         SiM3D(root=sim3d_root, category="toy", val_split_mode="synthetic")
+
+
+@pytest.mark.slow
+def test_flattened_views_train_anomalib_padim(sim3d_root, tmp_path):
+    from anomalib.engine import Engine
+    from anomalib.models import Padim
+
+    datamodule = SiM3D(root=sim3d_root, category="toy", image_size=IMAGE_SIZE, flatten=True, normalize_image=False, train_batch_size=4, eval_batch_size=4)
+    model = Padim(backbone="resnet18", pre_trained=False, layers=["layer1"], n_features=10)
+    engine = Engine(max_epochs=1, accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    engine.fit(model=model, datamodule=datamodule)
+    results = engine.test(model=model, datamodule=datamodule, verbose=False)
+    assert 0.0 <= results[0]["image_AUROC"] <= 1.0

@@ -176,7 +176,7 @@ def _write_camera_json(path, mutate) -> None:
         (lambda c: c["views"][0]["K"][0].__setitem__(2, float("nan")), "K of view 'C01' contains non-finite values"),
         (lambda c: c["views"][1]["world_to_camera"][0].__setitem__(3, float("inf")), "world_to_camera of view 'C02' contains non-finite"),
         (lambda c: c["views"][0]["world_to_camera"][0].__setitem__(0, 3.0), "not a proper rotation"),
-        (lambda c: c["views"][0].pop("K"), r"views\[0\] lacks \['K'\]"),
+        (lambda c: c["views"][0].pop("K"), r"views\[0\] is missing keys \['K'\]"),
         (lambda c: c["views"][1].__setitem__("name", "C01"), r"views \['C01'\] are listed more than once"),
         (lambda c: c.__setitem__("depth_scale", -1), "depth_scale is -1"),
         (lambda c: c["views"][0].__setitem__("width", 0), "width 0"),
@@ -222,7 +222,7 @@ def test_invalid_ground_truth_raises(tmp_path, arrays, message):
 
 def test_ground_truth_missing_key_raises(tmp_path):
     np.savez(tmp_path / "gt.npz", origin=np.zeros(3), coords=np.zeros((1, 3), np.int32), anomalous=np.zeros(1, bool))
-    with pytest.raises(SiM3DFormatError, match=r"lacks \['voxel_size'\]"):
+    with pytest.raises(SiM3DFormatError, match=r"is missing keys \['voxel_size'\]"):
         io.read_ground_truth(tmp_path / "gt.npz")
 
 
