@@ -170,6 +170,46 @@ def keys_to_voxels(keys: torch.Tensor) -> torch.Tensor:
     return torch.stack((x, y, z), dim=-1) - _KEY_OFFSET
 
 
+def voxelize_depth(
+    depth: torch.Tensor,
+    valid: torch.Tensor,
+    intrinsics: torch.Tensor,
+    world_to_camera: torch.Tensor,
+    origin: torch.Tensor,
+    voxel_size: float,
+    point_labels: torch.Tensor | None = None,
+) -> VoxelGrid:
+    """Build the voxel grid hit by the back-projected depth of every view.
+
+    ``depth`` and ``valid`` are ``(V, H, W)`` (metres, bool), ``intrinsics``
+    ``(V, 3, 3)`` and ``world_to_camera`` ``(V, 4, 4)``. Views may differ in
+    size when passed as lists of per-view tensors. The grid lists each voxel
+    that at least one valid pixel falls in, sorted by voxel key. A voxel is
+    anomalous when a valid pixel marked in the optional ``(V, H, W)`` bool
+    ``point_labels`` falls in it. Without labels ``anomalous`` is all false.
+    """
+    keys = []
+    labelled_keys = []
+    labels = [None] * len(depth) if point_labels is None else point_labels
+    for view_depth, view_valid, view_intrinsics, view_pose, view_labels in zip(depth, valid, intrinsics, world_to_camera, labels, strict=True):
+        points = depth_to_world_points(view_depth.to(torch.float64), view_intrinsics, view_pose)[view_valid.bool()]
+        view_keys = voxel_keys(points_to_voxels(points, origin, voxel_size))
+        keys.append(view_keys)
+        if view_labels is not None:
+            labelled_keys.append(view_keys[view_labels.bool()[view_valid.bool()]])
+    unique = torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.int64)
+    coords = keys_to_voxels(unique)
+    anomalous = torch.zeros(coords.shape[0], dtype=torch.bool, device=coords.device)
+    if labelled_keys:
+        anomalous = torch.isin(unique, torch.cat(labelled_keys))
+    return VoxelGrid(
+        origin=origin.to(torch.float64).clone(),
+        voxel_size=float(voxel_size),
+        coords=coords,
+        anomalous=anomalous,
+    )
+
+
 def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """Return the ``world_to_camera`` 4x4 of a camera at ``eye`` whose z axis points at ``target``.
 
@@ -226,50 +266,6 @@ def scale_intrinsics(intrinsics: torch.Tensor, scale_x: float, scale_y: float) -
     updated[..., 0, 2] = (intrinsics[..., 0, 2] + 0.5) * scale_x - 0.5
     updated[..., 1, 2] = (intrinsics[..., 1, 2] + 0.5) * scale_y - 0.5
     return updated
-
-
-def surface_voxels(
-    depth: torch.Tensor,
-    valid: torch.Tensor,
-    intrinsics: torch.Tensor,
-    world_to_camera: torch.Tensor,
-    voxel_size: float,
-    origin: torch.Tensor | None = None,
-    point_labels: torch.Tensor | None = None,
-) -> VoxelGrid:
-    """Voxelise the back-projected depth of several views into one sparse grid.
-
-    Args:
-        depth: ``(V, H, W)`` depth in metres.
-        valid: ``(V, H, W)`` bool, the pixels to use.
-        intrinsics: ``(V, 3, 3)``; world_to_camera: ``(V, 4, 4)``.
-        voxel_size: voxel edge length in metres.
-        origin: ``(3,)`` grid origin; by default the minimum corner of the
-            points, floored to a multiple of ``voxel_size``.
-        point_labels: optional ``(V, H, W)`` bool; a voxel is anomalous when
-            any labelled pixel lands in it. Without it ``anomalous`` is None.
-
-    Returns:
-        A :class:`VoxelGrid` listing every voxel reached by at least one valid
-        pixel, coordinates sorted by voxel key.
-    """
-    points = depth_to_world_points(depth.to(torch.float64), intrinsics.to(torch.float64), world_to_camera.to(torch.float64))
-    mask = valid.bool()
-    points = points[mask]
-    if points.shape[0] == 0:
-        msg = "No valid depth pixel in any view: cannot build a surface voxel grid."
-        raise ValueError(msg)
-    if origin is None:
-        origin = torch.floor(points.min(dim=0).values / voxel_size) * voxel_size
-    origin = origin.to(torch.float64)
-    keys = voxel_keys(points_to_voxels(points, origin, voxel_size))
-    unique, inverse = torch.unique(keys, return_inverse=True)
-    anomalous = None
-    if point_labels is not None:
-        labels = point_labels.bool()[mask]
-        anomalous = torch.zeros(unique.shape[0], dtype=torch.bool)
-        anomalous[inverse[labels]] = True
-    return VoxelGrid(origin, float(voxel_size), keys_to_voxels(unique), anomalous)
 
 
 def point_map_normals(points: torch.Tensor, camera_center: torch.Tensor) -> torch.Tensor:

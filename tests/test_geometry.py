@@ -120,14 +120,15 @@ def test_scale_intrinsics_keeps_pixel_centres():
     assert torch.allclose(half, (full + 0.5) / 2 - 0.5, atol=1e-9)
 
 
-def test_surface_voxels_labels_and_coverage():
+def test_voxelize_depth_labels_and_coverage():
     intrinsics, world_to_camera = _camera(5)
     depth = torch.full((2, 12, 16), 1.2, dtype=torch.float64)
     valid = torch.ones(2, 12, 16, dtype=torch.bool)
     valid[1, :, 8:] = False
     labels = torch.zeros(2, 12, 16, dtype=torch.bool)
     labels[0, 0, 0] = True
-    grid = geometry.surface_voxels(depth, valid, intrinsics.expand(2, 3, 3), world_to_camera.expand(2, 4, 4), 0.01, point_labels=labels)
+    origin = torch.tensor([-1.0, -1.0, -1.0], dtype=torch.float64)
+    grid = geometry.voxelize_depth(depth, valid, intrinsics.expand(2, 3, 3), world_to_camera.expand(2, 4, 4), origin, 0.01, point_labels=labels)
     points = geometry.depth_to_world_points(depth[0], intrinsics, world_to_camera).reshape(-1, 3)
     keys = set(geometry.voxel_keys(geometry.points_to_voxels(points, grid.origin, 0.01)).tolist())
     assert set(geometry.voxel_keys(grid.coords).tolist()) == keys

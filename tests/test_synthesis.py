@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sim3d_datamodule import geometry
-from sim3d_datamodule.synthesis._format import read_cameras
+from sim3d_datamodule.io import read_cameras, write_cameras
 from sim3d_datamodule.synthesis.defects import DEFECT_KINDS, Defect
 from sim3d_datamodule.synthesis.demo import make_demo_dataset
 from sim3d_datamodule.synthesis.mesh_defects import apply_defects_to_mesh, subdivide_triangles
@@ -30,8 +30,8 @@ def _world_points(depth: np.ndarray, camera) -> np.ndarray:
     valid = np.isfinite(depth)
     points = geometry.depth_to_world_points(
         torch.from_numpy(np.where(valid, depth, 0.0).astype(np.float64)),
-        torch.from_numpy(camera.intrinsics),
-        torch.from_numpy(camera.world_to_camera),
+        camera.K,
+        camera.world_to_camera,
     ).numpy()
     return points[valid]
 
@@ -40,7 +40,7 @@ def _reached_keys(instance: Path) -> set[int]:
     """Voxel keys reached by the back-projected depth of every view of an instance on disk."""
     grid = np.load(instance / "gt" / "anomaly_volume.npz")
     keys: set[int] = set()
-    for camera in read_cameras(instance / "cameras.json"):
+    for camera in read_cameras(instance / "cameras.json").views:
         depth = np.load(instance / "depth" / f"{camera.name}.npy")
         points = torch.from_numpy(_world_points(depth, camera))
         voxels = geometry.points_to_voxels(points, torch.from_numpy(grid["origin"]), float(grid["voxel_size"]))
@@ -119,8 +119,8 @@ def test_view_defect_consistent_across_views():
     renders = render_views(plane, cameras)
     depths = np.stack([render.depth for render in renders])
     grays = np.stack([render.gray for render in renders])
-    intrinsics = np.stack([camera.intrinsics for camera in cameras])
-    poses = np.stack([camera.world_to_camera for camera in cameras])
+    intrinsics = np.stack([camera.K.numpy() for camera in cameras])
+    poses = np.stack([camera.world_to_camera.numpy() for camera in cameras])
     bump = Defect("bump", center=[0.0, 0.0, 0.0], normal=[0.0, 0.0, 1.0], radius=0.1, depth=0.02)
     new_depths, _, labels = apply_defects_to_views(depths, grays, intrinsics, poses, [bump])
     for view, camera in enumerate(cameras):
@@ -178,7 +178,7 @@ def test_render_cli_on_cad_mesh(shared_data, tmp_path):
     cameras = json.loads((synth / "cameras.json").read_text())["views"]
     assert [view["name"] for view in cameras] == ["C01", "C02", "C03"]
     scene = make_scene(o3d.io.read_triangle_mesh(str(mesh)))
-    for camera in read_cameras(synth / "cameras.json"):
+    for camera in read_cameras(synth / "cameras.json").views:
         assert (synth / "RGB" / f"{camera.name}_2.png").is_file()
         with OpenEXR.File(str(synth / "DEPTH" / f"{camera.name}_depth.exr")) as exr:
             depth = next(iter(exr.channels().values())).pixels.astype(np.float64)
@@ -205,17 +205,17 @@ def test_import_rgbd_redkitchen(shared_data, tmp_path):
 
     folder = import_rgbd(shared_data / "redkitchen", tmp_path, "kitchen", views=3, nominal=1, anomalous=2, downsample=4, progress=False)
     assert sorted(path.name for path in folder.iterdir()) == ["kitchen_bad_01", "kitchen_bad_02", "kitchen_good_01", "kitchen_real"]
-    cameras = read_cameras(folder / "kitchen_real" / "cameras.json")
+    cameras = read_cameras(folder / "kitchen_real" / "cameras.json").views
     assert [camera.width for camera in cameras] == [160] * 3
-    assert cameras[0].intrinsics[0, 0] == pytest.approx(585.0 / 4)
+    assert float(cameras[0].K[0, 0]) == pytest.approx(585.0 / 4)
     nominal_offsets, anomalous_offsets = instance_offsets(1, 2, 3)
     assert sorted(nominal_offsets + anomalous_offsets) == [-6, -3, 3]
     # The first view slot sits as far from the sequence start as the largest offset.
     pose = np.loadtxt(shared_data / "redkitchen" / "frame-000006.pose.txt")
-    np.testing.assert_allclose(cameras[0].world_to_camera @ pose, np.eye(4), atol=1e-9)
-    good = read_cameras(folder / "kitchen_good_01" / "cameras.json")
+    np.testing.assert_allclose(cameras[0].world_to_camera.numpy() @ pose, np.eye(4), atol=1e-9)
+    good = read_cameras(folder / "kitchen_good_01" / "cameras.json").views
     pose = np.loadtxt(shared_data / "redkitchen" / "frame-000003.pose.txt")
-    np.testing.assert_allclose(good[0].world_to_camera @ pose, np.eye(4), atol=1e-9)
+    np.testing.assert_allclose(good[0].world_to_camera.numpy() @ pose, np.eye(4), atol=1e-9)
     depth = np.load(folder / "kitchen_real" / "depth" / "C01.npy")
     assert depth.shape == (120, 160)
     assert np.isfinite(depth).mean() > 0.5
@@ -252,7 +252,6 @@ def test_demo_same_seed_same_files(tmp_path):
 
 
 def test_render_from_cameras_json(tmp_path):
-    from sim3d_datamodule.synthesis._format import write_cameras
     from sim3d_datamodule.synthesis.mesh_category import render_mesh_category
 
     mesh, _ = DEMO_OBJECTS["cabinet"]()
@@ -264,9 +263,9 @@ def test_render_from_cameras_json(tmp_path):
     write_cameras(tmp_path / "rig.json", cameras)
     written = render_mesh_category(mesh_path, tmp_path / "out", "cabinet", cameras_path=tmp_path / "rig.json", units="m", progress=False)
     synth = written[0]
-    rendered = read_cameras(synth / "cameras.json")
+    rendered = read_cameras(synth / "cameras.json").views
     assert [camera.name for camera in rendered] == ["C01", "top"]
-    np.testing.assert_allclose(rendered[1].world_to_camera, cameras[1].world_to_camera)
+    np.testing.assert_allclose(rendered[1].world_to_camera.numpy(), cameras[1].world_to_camera.numpy())
     assert (synth / "RGB" / "top_2.png").is_file()
     assert (synth / "DEPTH" / "top_depth.exr").is_file()
 
@@ -320,3 +319,36 @@ def test_check_ground_truth_flags_unreached_voxel(tmp_path):
     result = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 1
     assert "demo_bin_bad_01" in result.stdout
+
+
+def _first_batches(root: Path, category: str, setup: str):
+    from sim3d_datamodule.datamodule import SiM3D
+
+    datamodule = SiM3D(root=root, category=category, setup=setup, image_size=56)
+    datamodule.prepare_data()
+    datamodule.setup()
+    return next(iter(datamodule.train_dataloader())), next(iter(datamodule.test_dataloader()))
+
+
+def test_datamodule_loads_demo_both_setups(tmp_path):
+    make_demo_dataset(tmp_path, "demo_stool", views=3, image_size=64, nominal=1, anomalous=1, synth=True, kinds=["dent"], progress=False)
+    for setup in ("real2real", "synth2real"):
+        train, test = _first_batches(tmp_path, "demo_stool", setup)
+        assert train.image.shape == (1, 3, 3, 56, 56)
+        assert bool(train.valid_depth.any())
+        assert test.gt_volume[0] is not None
+
+
+@pytest.mark.shared_data
+def test_datamodule_loads_rendered_cad_mesh(shared_data, tmp_path):
+    from sim3d_datamodule.synthesis.mesh_category import render_mesh_category
+
+    render_mesh_category(
+        shared_data / "cad" / "featuretype.STL", tmp_path, "feature", views=3, units="m", size=(64, 48), defect_kinds=["bump"], progress=False
+    )
+    train, test = _first_batches(tmp_path, "feature", "synth2real")
+    assert train.depth_map.shape == (1, 3, 1, 56, 56)
+    assert bool(train.valid_depth.any())
+    assert not bool(train.valid_depth.all())
+    assert test.instance == ["feature_bad_render"]
+    assert bool(test.gt_volume[0].anomalous.any())

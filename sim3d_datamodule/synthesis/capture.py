@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
-from sim3d_datamodule.synthesis._format import CameraView
+from sim3d_datamodule.io import CameraView
 from sim3d_datamodule.synthesis.render import Light, RenderedView, Shading
 
 
@@ -61,8 +62,8 @@ def jitter_cameras(cameras: list[CameraView], center: np.ndarray, effects: Captu
     for camera in cameras:
         own = np.eye(4)
         own[:3, :3] = _rotation(rng, effects.camera_degrees)
-        world_to_camera = own @ camera.world_to_camera @ placement
-        jittered.append(CameraView(camera.name, camera.intrinsics.copy(), world_to_camera, camera.width, camera.height))
+        world_to_camera = torch.from_numpy(own) @ camera.world_to_camera.to(torch.float64) @ torch.from_numpy(placement)
+        jittered.append(CameraView(camera.name, camera.K.clone(), world_to_camera, camera.width, camera.height))
     return jittered
 
 
@@ -97,7 +98,7 @@ def degrade_view(render: RenderedView, camera: CameraView, effects: CaptureEffec
 
     missing = np.zeros(hit.shape, dtype=bool)
     if effects.grazing_cosine > 0.0:
-        view_z = camera.world_to_camera[2, :3]
+        view_z = camera.world_to_camera[2, :3].numpy()
         missing |= hit & (np.abs(render.normals @ view_z) < effects.grazing_cosine)
     if effects.missing_fraction > 0.0:
         # Blobs: smooth noise thresholded at the quantile that removes the requested fraction.

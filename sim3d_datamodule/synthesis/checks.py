@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sim3d_datamodule import geometry
-from sim3d_datamodule.synthesis._format import read_cameras
+from sim3d_datamodule.io import read_cameras, read_depth_npy, read_ground_truth
 
 
 @dataclass
@@ -39,18 +37,11 @@ class GroundTruthCheck:
 
 def reached_voxel_keys(instance: Path, origin: torch.Tensor, voxel_size: float) -> torch.Tensor:
     """Return the sorted unique voxel keys reached by the valid depth (``depth/<view>.npy``) of all views."""
-    depth_scale = float(json.loads((instance / "cameras.json").read_text()).get("depth_scale", 1.0))
+    cameras = read_cameras(instance / "cameras.json")
     keys = []
-    for camera in read_cameras(instance / "cameras.json"):
-        path = instance / "depth" / f"{camera.name}.npy"
-        if not path.is_file():
-            msg = f"Depth map {path} is missing for view {camera.name} of cameras.json."
-            raise FileNotFoundError(msg)
-        depth = np.load(path).astype(np.float64) * depth_scale
-        valid = np.isfinite(depth) & (depth > 0)
-        points = geometry.depth_to_world_points(
-            torch.from_numpy(np.where(valid, depth, 0.0)), torch.from_numpy(camera.intrinsics), torch.from_numpy(camera.world_to_camera)
-        )[torch.from_numpy(valid)]
+    for camera in cameras.views:
+        depth, valid = read_depth_npy(instance / "depth" / f"{camera.name}.npy", cameras.depth_scale)
+        points = geometry.depth_to_world_points(depth.to(torch.float64), camera.K, camera.world_to_camera)[valid]
         keys.append(geometry.voxel_keys(geometry.points_to_voxels(points, origin, voxel_size)))
     return torch.unique(torch.cat(keys))
 
@@ -58,16 +49,9 @@ def reached_voxel_keys(instance: Path, origin: torch.Tensor, voxel_size: float) 
 def check_ground_truth(instance: Path) -> GroundTruthCheck:
     """Compare ``gt/anomaly_volume.npz`` of ``instance`` with the voxels its depth maps reach."""
     instance = Path(instance)
-    path = instance / "gt" / "anomaly_volume.npz"
-    if not path.is_file():
-        msg = f"Ground truth {path} not found."
-        raise FileNotFoundError(msg)
-    with np.load(path) as archive:
-        origin = torch.from_numpy(archive["origin"].astype(np.float64))
-        voxel_size = float(archive["voxel_size"])
-        coords = torch.from_numpy(archive["coords"].astype(np.int64))
-        anomalous = torch.from_numpy(archive["anomalous"].astype(bool))
-    reached = reached_voxel_keys(instance, origin, voxel_size)
-    keys = geometry.voxel_keys(coords)
+    grid = read_ground_truth(instance / "gt" / "anomaly_volume.npz")
+    reached = reached_voxel_keys(instance, grid.origin, grid.voxel_size)
+    keys = geometry.voxel_keys(grid.coords)
     missed = ~torch.isin(keys, reached)
+    anomalous = grid.anomalous
     return GroundTruthCheck(instance, int(keys.numel()), int(anomalous.sum()), int(missed.sum()), int((missed & anomalous).sum()))

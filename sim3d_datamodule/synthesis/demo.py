@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from sim3d_datamodule import geometry
-from sim3d_datamodule.synthesis._format import CameraView, write_cameras, write_depth_npy, write_gray_png, write_ground_truth
+from sim3d_datamodule.io import CameraView, write_cameras, write_depth_npy, write_gray_png, write_ground_truth
 from sim3d_datamodule.synthesis.capture import CaptureEffects, degrade_view, jitter_cameras, jitter_shading
 from sim3d_datamodule.synthesis.defects import DEFECT_KINDS, Defect, defects_contain, sample_defect
 from sim3d_datamodule.synthesis.mesh_defects import apply_defects_to_mesh
@@ -57,13 +57,23 @@ def ground_truth_from_views(
     """Voxelise the valid depth of all views; a voxel is anomalous when a labelled pixel lands in it."""
     depth = np.stack(depths).astype(np.float64)
     valid = np.isfinite(depth) & (depth > 0)
-    return geometry.surface_voxels(
-        torch.from_numpy(np.where(valid, depth, 0.0)),
+    depth_tensor = torch.from_numpy(np.where(valid, depth, 0.0))
+    intrinsics = torch.stack([camera.K.to(torch.float64) for camera in cameras])
+    poses = torch.stack([camera.world_to_camera.to(torch.float64) for camera in cameras])
+    if origin is None:
+        # Default origin: the minimum corner of the points, floored to a multiple of the voxel size.
+        points = geometry.depth_to_world_points(depth_tensor, intrinsics, poses)[torch.from_numpy(valid)]
+        if points.shape[0] == 0:
+            msg = "No valid depth pixel in any view: cannot build a ground-truth voxel grid."
+            raise ValueError(msg)
+        origin = (torch.floor(points.min(dim=0).values / voxel_size) * voxel_size).numpy()
+    return geometry.voxelize_depth(
+        depth_tensor,
         torch.from_numpy(valid),
-        torch.from_numpy(np.stack([camera.intrinsics for camera in cameras])),
-        torch.from_numpy(np.stack([camera.world_to_camera for camera in cameras])),
+        intrinsics,
+        poses,
+        torch.from_numpy(np.asarray(origin, dtype=np.float64)),
         voxel_size,
-        origin=None if origin is None else torch.from_numpy(np.asarray(origin, dtype=np.float64)),
         point_labels=None if labels is None else torch.from_numpy(np.stack(labels) & valid),
     )
 

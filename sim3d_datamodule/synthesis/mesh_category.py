@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim3d_datamodule.synthesis._format import CameraView, read_cameras, write_ground_truth
+from sim3d_datamodule.io import CameraView, read_cameras, write_ground_truth
 from sim3d_datamodule.synthesis.defects import defects_contain, sample_defect
 from sim3d_datamodule.synthesis.demo import ground_truth_from_views, write_instance
 from sim3d_datamodule.synthesis.mesh_defects import apply_defects_to_mesh
@@ -52,10 +52,7 @@ def render_mesh_category(
     mesh = load_mesh(mesh_path, units)
     center, radius = bounding_sphere(mesh)
     if cameras_path is not None:
-        cameras: list[CameraView] = read_cameras(cameras_path)
-        if not cameras:
-            msg = f"{cameras_path} lists no views."
-            raise ValueError(msg)
+        cameras: list[CameraView] = read_cameras(cameras_path).views
     else:
         cameras = make_rig(rig, views, center, radius, size[0], size[1], fov_degrees=fov, elevation_degrees=elevation, up_axis=up_axis)
     shading = Shading(lights=tuple(lights), ambient=ambient, albedo=albedo)

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from sim3d_datamodule import geometry
-from sim3d_datamodule.synthesis._format import CameraView, write_cameras, write_depth_exr, write_gray_png
+from sim3d_datamodule.io import CameraView, write_cameras, write_depth_exr, write_gray_png
 
 MESH_SUFFIXES: tuple[str, ...] = (".stl", ".obj", ".ply", ".off", ".gltf", ".glb")
 UNIT_SCALES: dict[str, float] = {"m": 1.0, "cm": 0.01, "mm": 0.001}
@@ -195,8 +195,8 @@ def render_view(
     shading = shading or Shading()
     height, width = camera.height, camera.width
     origins, directions = geometry.camera_rays(
-        torch.from_numpy(np.asarray(camera.intrinsics, dtype=np.float64)),
-        torch.from_numpy(np.asarray(camera.world_to_camera, dtype=np.float64)),
+        camera.K.to(torch.float64),
+        camera.world_to_camera.to(torch.float64),
         height,
         width,
     )
@@ -266,5 +266,5 @@ def write_synth_folder(folder: Path, cameras: Sequence[CameraView], renders: Seq
     folder = Path(folder)
     for camera, render in zip(cameras, renders):
         write_gray_png(folder / "RGB" / f"{camera.name}_2.png", render.gray)
-        write_depth_exr(folder / "DEPTH" / f"{camera.name}_depth.exr", render.depth, ~render.hit)
+        write_depth_exr(folder / "DEPTH" / f"{camera.name}_depth.exr", render.depth)
     write_cameras(folder / "cameras.json", list(cameras))

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from sim3d_datamodule import geometry
-from sim3d_datamodule.synthesis._format import CameraView, write_ground_truth
+from sim3d_datamodule.io import CameraView, write_ground_truth
 from sim3d_datamodule.synthesis.defects import DEFECT_KINDS, sample_defect
 from sim3d_datamodule.synthesis.demo import ground_truth_from_views, write_instance
 from sim3d_datamodule.synthesis.preview import write_preview
@@ -226,13 +226,14 @@ def import_rgbd(
         depths = np.stack([depth for _, depth in loaded])
         height, width = depths.shape[1:]
         cameras = [
-            CameraView(view_name(view), scaled.copy(), np.linalg.inv(frame.camera_to_world), width, height) for view, frame in enumerate(chosen)
+            CameraView(view_name(view), torch.from_numpy(scaled.copy()), torch.from_numpy(np.linalg.inv(frame.camera_to_world)), width, height)
+            for view, frame in enumerate(chosen)
         ]
         labels = None
         if is_bad:
             rng = np.random.default_rng([seed, index])
-            stacked_k = np.stack([camera.intrinsics for camera in cameras])
-            stacked_pose = np.stack([camera.world_to_camera for camera in cameras])
+            stacked_k = np.stack([camera.K.numpy() for camera in cameras])
+            stacked_pose = np.stack([camera.world_to_camera.numpy() for camera in cameras])
             points, normals = surface_samples(depths, stacked_k, stacked_pose, 20000, rng)
             kind = kinds[bad_index % len(kinds)]
             defect = sample_defect(kind, points, normals, 1.0, rng, defect_radius, severity)
@@ -240,9 +241,8 @@ def import_rgbd(
             bad_index += 1
         write_instance(folder / instance, cameras, list(grays), list(depths))
         if index > 0:
-            grid = ground_truth_from_views(list(depths), None if labels is None else list(labels), cameras, voxel_size)
-            if grid.anomalous is None:
-                grid.anomalous = torch.zeros(grid.num_voxels, dtype=torch.bool)
+            # The world origin anchors one voxel lattice shared by every instance of the category.
+            grid = ground_truth_from_views(list(depths), None if labels is None else list(labels), cameras, voxel_size, origin=np.zeros(3))
             write_ground_truth(folder / instance / "gt" / "anomaly_volume.npz", grid)
         preview_rows.append((instance, grays, labels))
     write_preview(Path(root) / f"{category}_preview.png", preview_rows)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from sim3d_datamodule import geometry
-from sim3d_datamodule.synthesis._format import CameraView
+from sim3d_datamodule.io import CameraView
 
 RIGS: tuple[str, ...] = ("ring", "sphere")
 
@@ -96,5 +96,5 @@ def make_rig(
         eye = center + distance * direction
         view_up = up if abs(float(direction @ up)) < 0.99 else np.roll(up, 1)
         world_to_camera = geometry.look_at(torch.from_numpy(eye), torch.from_numpy(center.astype(np.float64)), torch.from_numpy(view_up))
-        cameras.append(CameraView(view_name(index), intrinsics.copy(), world_to_camera.numpy(), width, height))
+        cameras.append(CameraView(view_name(index), torch.from_numpy(intrinsics.copy()), world_to_camera, width, height))
     return cameras
