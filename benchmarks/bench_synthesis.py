@@ -3,8 +3,8 @@
 Run from the repository root: ``python -m benchmarks.bench_synthesis`` (or
 ``python benchmarks/bench_synthesis.py`` with the root on PYTHONPATH). Prints
 seconds per view and the wall time of ``make_demo_dataset`` with its defaults.
-The README demo budget is about ten minutes on a 2-core CPU for data, training
-and testing together; the data part should take well under one minute.
+The README demo has a budget of about ten minutes on a 2-core CPU for data,
+training and testing together. The data part should take well under one minute.
 """
 
 from __future__ import annotations
