@@ -37,7 +37,7 @@ def main() -> None:
 @click.option("--fov", type=float, default=40.0, show_default=True, help="Horizontal field of view of rig cameras, degrees.")
 @click.option("--elevation", type=float, default=30.0, show_default=True, help="Elevation of the ring above the ground plane, degrees.")
 @click.option("--up", "up_axis", type=click.Choice(["x", "y", "z"]), default="z", show_default=True, help="Mesh axis that points up.")
-@click.option("--light", "lights", multiple=True, help="Light 'head:I' (at each camera) or 'X,Y,Z:I' (from direction X,Y,Z); repeat for several. Default: head:0.55 and 0.3,-0.4,1:0.45.")
+@click.option("--light", "--lights", "lights", multiple=True, help="Light 'head:I' (at each camera) or 'X,Y,Z:I' (from direction X,Y,Z); repeat for several. Default: head:0.55 and 0.3,-0.4,1:0.45.")
 @click.option("--ambient", type=float, default=0.1, show_default=True, help="Ambient light, gray level times albedo.")
 @click.option("--albedo", type=float, default=0.75, show_default=True, help="Surface albedo in [0, 1].")
 @click.option("--defect", "defect_kinds", type=KIND_CHOICE, multiple=True, help="Add a defect of this kind (repeat for several); ground truth goes to OUT/CATEGORY/CATEGORY_bad_render/gt.")

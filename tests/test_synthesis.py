@@ -352,3 +352,18 @@ def test_datamodule_loads_rendered_cad_mesh(shared_data, tmp_path):
     assert not bool(train.valid_depth.all())
     assert test.instance == ["feature_bad_render"]
     assert bool(test.gt_volume[0].anomalous.any())
+
+
+def test_ensure_demo_dataset_reuses_complete_copy(tmp_path):
+    from sim3d_datamodule.synthesis.demo import ensure_demo_dataset
+
+    settings = {"views": 2, "image_size": 40, "nominal": 1, "anomalous": 1}
+    folder = ensure_demo_dataset(tmp_path, "demo_vase", progress=False, **settings)
+    marker = folder / "demo_vase_good_01" / "rgb" / "C01_2.png"
+    stamp = marker.stat().st_mtime_ns
+    assert ensure_demo_dataset(tmp_path, "demo_vase", progress=False, **settings) == folder
+    assert marker.stat().st_mtime_ns == stamp
+
+    ensure_demo_dataset(tmp_path, "demo_vase", progress=False, **{**settings, "nominal": 2})
+    assert (folder / "demo_vase_good_02").is_dir()
+    assert marker.stat().st_mtime_ns != stamp

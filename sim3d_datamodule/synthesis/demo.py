@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -162,4 +164,28 @@ def make_demo_dataset(
     if synth:
         write_synth_folder(folder / f"{category}_synth", rig, clean)
     write_preview(Path(root) / f"{category}_preview.png", preview_rows)
+    return folder
+
+
+def ensure_demo_dataset(root: Path, category: str = "demo_stool", progress: bool = True, **settings) -> Path:
+    """Return ``root/category``, generating it with :func:`make_demo_dataset` unless a complete copy exists.
+
+    A copy is complete when ``root/<category>_demo.json``, written last, holds
+    the same settings. Otherwise the category folder is deleted and generated
+    again, so an interrupted or differently configured run never mixes files.
+    """
+    root = Path(root)
+    folder = root / category
+    record = root / f"{category}_demo.json"
+    wanted = {"category": category, **{key: list(value) if isinstance(value, tuple) else value for key, value in sorted(settings.items())}}
+    if folder.is_dir() and record.is_file():
+        try:
+            if json.loads(record.read_text()) == wanted:
+                return folder
+        except json.JSONDecodeError:
+            pass
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    make_demo_dataset(root, category, progress=progress, **settings)
+    record.write_text(json.dumps(wanted, indent=1))
     return folder
