@@ -86,9 +86,9 @@ def smooth_scene(
 def save_patch_statistics_weights(path: Path, in_chans: int) -> Path:
     """Write timm weights of a ViT whose patch embedding computes patch statistics.
 
-    The four channels of each patch token are a constant 1, the patch mean and
-    the patch's horizontal and vertical intensity ramps; the position embedding
-    and every other weight are zero. Read with ``num_blocks=0`` and
+    The four channels of each patch token are a constant 1, four times the
+    patch mean, and the patch's horizontal and vertical intensity ramps. The
+    position embedding and every other weight are zero. Read with ``num_blocks=0`` and
     ``final_norm=False``, the tokens describe the local level and slope of the
     image or depth, so a bright stain or a dent changes them strongly, whereas
     random ViT weights carry almost no local signal.

@@ -68,8 +68,9 @@ class AnomalyMapGenerator(nn.Module):
     ``max``/``min``/``mean``), zero outside the foreground.
 
     The upsampling is bilinear and normalised over foreground tokens: a pixel
-    takes the bilinear weights of the foreground tokens around it only, so the
-    untrained background tokens never raise the scores at the object's border.
+    takes the bilinear weights of the foreground tokens around it only, so
+    background tokens, which training never sees, do not change the scores at
+    the object's border.
 
     Args:
         aggregation: how the two directions combine per token: ``max`` (default),

@@ -40,11 +40,12 @@ class Modmap(AnomalibModule):
     Training extracts the frozen image and depth features of every view of the
     nominal training instance once, then fits view modulators and the
     image<->depth mappers on all ordered (source, target) view pairs. Testing
-    maps every pair of views of an instance, takes the per-target minimum over
-    source views, and turns it into per-view anomaly maps ``(B, V, H, W)``, an
-    anomaly volume per instance (``pred_volume``, one score per voxel of
-    ``gt_volume``) and an instance score ``pred_score`` (the maximum voxel score,
-    or the maximum of the anomaly maps when the instance has no voxel grid).
+    maps every pair of views of an instance and takes the per-target minimum
+    over source views. The outputs are per-view anomaly maps ``(B, V, H, W)``,
+    an anomaly volume per instance (``pred_volume``, one score per voxel of
+    ``gt_volume``) and an instance score ``pred_score``. The instance score is
+    the maximum voxel score, or the maximum of the anomaly maps when the
+    instance has no voxel grid.
 
     Args:
         image_encoder: named encoder or timm ViT name for grayscale images.
