@@ -74,14 +74,23 @@ def pro_curve(
 
     sorted_scores, order = torch.sort(scores, descending=True, stable=True)
     false_positives = torch.cumsum(false_positive[order], dim=0)
-    overlaps = torch.cumsum(overlap[order], dim=0)
+    sorted_overlap = overlap[order]
+    found = torch.cumsum(sorted_overlap, dim=0)
+    missed = torch.flip(torch.cumsum(torch.flip(sorted_overlap, dims=(0,)), dim=0), dims=(0,))
+    missed = torch.cat((missed[1:], torch.zeros(1, dtype=torch.float64, device=device)))
     # The last voxel of each group of equal scores marks where the threshold can stop.
     thresholds, counts = torch.unique_consecutive(sorted_scores, return_counts=True)
     ends = torch.cumsum(counts, dim=0) - 1
 
+    # PRO from the found overlap while it is the smaller sum, else 1 minus the missed overlap:
+    # both are empty sums at the ends, so no found region gives exactly 0 and all found exactly 1.
+    regions = max(num_regions, 1)
+    found, missed = found[ends], missed[ends]
+    overlap_rate = torch.where(found <= missed, found / regions, 1.0 - missed / regions).clamp(0.0, 1.0)
+
     origin = torch.zeros(1, dtype=torch.float64, device=device)
     fpr = torch.cat((origin, false_positives[ends] / max(num_nominal, 1)))
-    pro = torch.cat((origin, (overlaps[ends] / max(num_regions, 1)).clamp_max(1.0)))
+    pro = torch.cat((origin, overlap_rate))
     thresholds = torch.cat((torch.full((1,), float("inf"), dtype=torch.float64, device=device), thresholds))
     return fpr, pro, thresholds
 
