@@ -92,7 +92,10 @@ class VoxelLookup:
         if candidates.numel() == 0:
             return result
 
-        keys = voxel_keys(indices[candidates])
+        # Sorted queries make the binary searches walk the key table in order, which is
+        # several times faster on CPU than searching in pixel order.
+        keys, query_order = torch.sort(voxel_keys(indices[candidates]))
+        candidates = candidates[query_order]
         sorted_keys = self.sorted_keys.to(points.device)
         position = torch.searchsorted(sorted_keys, keys).clamp_max(self.num_voxels - 1)
         hit = sorted_keys[position] == keys
