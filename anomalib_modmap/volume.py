@@ -32,8 +32,8 @@ class VoxelLookup:
     """Map world points to the index of the listed voxel they fall in.
 
     The listed voxels of ``grid`` are packed into int64 keys
-    (``geometry.voxel_keys``) and sorted once. :meth:`find` then answers
-    ``(N, 3)`` world points (metres) with ``(N,)`` int64 indices into
+    (``geometry.voxel_keys``) and sorted once. :meth:`find` then maps
+    ``(N, 3)`` world points (metres) to ``(N,)`` int64 indices into
     ``grid.coords``, or -1 for a point outside every listed voxel.
 
     Args:
@@ -410,9 +410,9 @@ def save_view_overlays(
 
     Each PNG blends the view's gray image with the ``colormap`` colour of its
     anomaly map: ``(1 - alpha) * gray + alpha * heat``. Pixels where ``valid``
-    is false (background, invalid depth) show the gray image only. One
-    ``score_range`` is used for all views so that their colours compare; the
-    default is the minimum and maximum of the maps over the valid pixels.
+    is false (background, invalid depth) show the gray image only. All views
+    share one ``score_range`` so that their colours compare. By default it is
+    the minimum and maximum of the maps over the valid pixels.
 
     Args:
         folder: output folder, created if missing.

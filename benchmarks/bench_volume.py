@@ -29,7 +29,7 @@ def sphere_surface_voxels(radius: float) -> torch.Tensor:
     For each column (x, y) the sphere's upper surface spans heights between
     ``sqrt(r^2 - d_max^2)`` and ``sqrt(r^2 - d_min^2)``, where ``d_min`` and
     ``d_max`` are the nearest and farthest horizontal distances of the column;
-    every voxel in that span holds surface. The lower half is the mirror image.
+    every voxel in that span contains surface. The lower half is the mirror image.
     Voxels that the sphere only touches at a face or corner may be left out.
     """
     extent = math.ceil(radius)

@@ -298,6 +298,9 @@ def test_aupro_rejects_inconsistent_input():
     with pytest.raises(ValueError, match="no ground-truth anomalous mask"):
         VoxelAUPRO().update(Batch(batch.pred_volume, [no_truth], torch.tensor([1])))
 
+    with pytest.raises(ValueError, match="missing"):
+        VoxelAUPRO().update(Batch([None], batch.gt_volume, batch.gt_label))
+
     with_nan = batch.pred_volume[0].clone()
     with_nan[0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
@@ -450,7 +453,7 @@ def test_metrics_sync_across_two_processes(tmp_path):
         output, _ = worker.communicate(timeout=240)
         assert worker.returncode == 0, output
 
-    # The worker builds the same seeded instances; a single process sees all of them.
+    # The worker builds the same seeded instances; here one process updates with all of them.
     sys.path.insert(0, str(WORKER.parent))
     try:
         from distributed_metric_worker import build_batches

@@ -162,7 +162,7 @@ def test_oracle_maps_score_one_on_observed_voxels(redkitchen):
     assert shifted_auroc == 1.0
 
 
-def test_oracle_maps_on_full_ground_truth_miss_unseen_voxels(redkitchen):
+def test_oracle_maps_full_ground_truth(redkitchen):
     # Defect voxels that no pixel of the instance reaches (under a bump, inside a dent) keep the
     # minimum score. With oracle maps the curve jumps to PRO = P at FPR 0, P being the mean
     # reached fraction per region, then runs straight to (1, 1): V-AUPRO@1% = P + (1 - P) * 0.005.

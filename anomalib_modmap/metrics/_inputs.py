@@ -28,6 +28,9 @@ def instance_scores(pred_volume: torch.Tensor | Sequence[torch.Tensor]) -> list[
 
     scores = []
     for index, volume in enumerate(volumes):
+        if volume is None:
+            msg = f"pred_volume[{index}] is missing; fuse an anomaly volume for every test instance before scoring."
+            raise ValueError(msg)
         volume = torch.as_tensor(volume).detach()
         if volume.ndim != 1:
             msg = f"pred_volume[{index}] must be 1-D (one score per voxel); got shape {tuple(volume.shape)}."

@@ -1,8 +1,8 @@
 """Area under the per-region overlap curve of voxel anomaly volumes (V-AUPRO).
 
 Regions are the 3D connected components of the anomalous voxels of one
-instance (26-connectivity by default, 6 as an option); components of different
-instances are never merged. For a threshold t:
+instance, with 26-connectivity by default or 6 as an option. Components of
+different instances are never merged. For a threshold t:
 
 - the false-positive rate ``FPR(t)`` is the fraction of nominal voxels, over
   all instances seen, whose score is at least t;
@@ -266,9 +266,9 @@ class VoxelAUPRO(AnomalibMetric, _VoxelAUPRO):  # type: ignore[misc]
     ``gt_label`` (``(B,)`` 0/1). It reports under ``<prefix>voxel_AUPRO@<limit>%``,
     e.g. ``voxel_AUPRO@1%`` for the default ``fpr_limit=0.01``.
 
-    The state keeps every voxel score as float64 (8 bytes per nominal voxel, 16
-    per anomalous voxel) until ``compute``; the result is exact for any scores,
-    ties included.
+    The state keeps every voxel score as float64 until ``compute``: 8 bytes per
+    nominal voxel and 16 per anomalous voxel. The result is exact for any
+    scores, ties included.
 
     Args:
         fpr_limit: upper end of the integrated false-positive range, in (0, 1]; default 0.01.
