@@ -513,3 +513,77 @@ def export_anomaly_volume(
             colormap=colormap,
         )
     return written
+
+
+def fuse_batch_volumes(batch: object, progress: bool = False) -> list[torch.Tensor | None]:
+    """Fuse the anomaly volume of every instance of a multi-view batch.
+
+    Reads ``anomaly_map`` ``(B, V, H, W)``, ``depth_map`` and ``valid_depth``
+    ``(B, V, 1, H, W)``, ``intrinsics`` ``(B, V, 3, 3)``, ``world_to_camera``
+    ``(B, V, 4, 4)`` and ``gt_volume`` (list of ``B`` grids) from ``batch``.
+
+    Returns:
+        One ``(M_i,)`` score tensor per instance, ``None`` where the instance has
+        no voxel grid; assign it to ``batch.pred_volume``.
+    """
+    missing = [name for name in ("anomaly_map", "depth_map", "valid_depth", "intrinsics", "world_to_camera", "gt_volume") if getattr(batch, name, None) is None]
+    if missing:
+        msg = f"Cannot fuse anomaly volumes: the batch has no {', '.join(missing)}. Test batches need calibrated views and voxel grids."
+        raise ValueError(msg)
+
+    volumes: list[torch.Tensor | None] = []
+    for index, grid in enumerate(batch.gt_volume):
+        if grid is None:
+            volumes.append(None)
+            continue
+        volumes.append(
+            fuse_anomaly_volume(
+                batch.anomaly_map[index],
+                batch.depth_map[index],
+                batch.valid_depth[index],
+                batch.intrinsics[index],
+                batch.world_to_camera[index],
+                grid,
+                progress=progress,
+            )
+        )
+    return volumes
+
+
+def export_batch_volumes(results_dir: str | Path, batch: object, colormap: str = DEFAULT_COLORMAP) -> list[dict[str, Path | list[Path]]]:
+    """Export every instance of a multi-view batch that has a fused volume to ``<results_dir>/volumes/<instance>/``.
+
+    Reads ``pred_volume``, ``gt_volume`` and ``instance`` (names) from ``batch``,
+    plus ``image``, ``anomaly_map``, ``valid_depth`` and ``view_names`` for the
+    overlays when present. Instances whose ``pred_volume`` is ``None`` are skipped.
+
+    Returns:
+        The paths written, one :func:`export_anomaly_volume` result per exported instance.
+    """
+    if getattr(batch, "pred_volume", None) is None or getattr(batch, "gt_volume", None) is None:
+        msg = "Cannot export anomaly volumes: the batch has no pred_volume or gt_volume; fuse the volumes first."
+        raise ValueError(msg)
+
+    names = getattr(batch, "instance", None) or [f"instance_{index:03d}" for index in range(len(batch.pred_volume))]
+    images = getattr(batch, "image", None)
+    maps = getattr(batch, "anomaly_map", None)
+    valid = getattr(batch, "valid_depth", None)
+    view_names = getattr(batch, "view_names", None)
+
+    written = []
+    for index, (scores, grid) in enumerate(zip(batch.pred_volume, batch.gt_volume, strict=True)):
+        if scores is None or grid is None:
+            continue
+        volume = AnomalyVolume(grid=grid, scores=scores, instance=str(names[index]))
+        written.append(
+            export_anomaly_volume(
+                Path(results_dir) / "volumes" / str(names[index]),
+                volume,
+                images=None if images is None else images[index],
+                anomaly_maps=None if maps is None else maps[index],
+                valid=None if valid is None else valid[index],
+                view_names=None if view_names is None else view_names[index],
+                colormap=colormap,
+            )
+        )
+    return written

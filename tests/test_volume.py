@@ -15,6 +15,8 @@ from anomalib_modmap.volume import (
     VoxelLookup,
     colorize_scores,
     export_anomaly_volume,
+    export_batch_volumes,
+    fuse_batch_volumes,
     fuse_anomaly_volume,
     save_view_overlays,
 )
@@ -328,3 +330,38 @@ def test_export_writes_all_three(tmp_path):
     assert [path.name for path in written["overlays"]] == ["view_000.png", "view_001.png", "view_002.png"]
     assert all(path.is_file() for path in written["overlays"])
     assert len(o3d.t.io.read_point_cloud(str(written["ply"])).point.positions) == 4
+
+
+def test_batch_fusion_and_export(tmp_path):
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(8)
+    views = make_views(rng, num_views=2)
+    coords = listed_subset(rng, views)
+    grid = VoxelGrid(torch.from_numpy(ORIGIN), VOXEL_SIZE, torch.from_numpy(coords), torch.from_numpy(rng.random(len(coords)) < 0.1))
+    stacked = {key: torch.from_numpy(np.stack([value, value])) for key, value in views.items()}
+    batch = SimpleNamespace(
+        anomaly_map=stacked["scores"],
+        depth_map=stacked["depth"].unsqueeze(2),
+        valid_depth=stacked["valid"].unsqueeze(2),
+        intrinsics=stacked["intrinsics"],
+        world_to_camera=stacked["world_to_camera"],
+        gt_volume=[grid, None],
+        image=torch.rand(2, 2, 3, 12, 16),
+        view_names=[["C01", "C02"], ["C01", "C02"]],
+        instance=["part_bad_01", "part_good_01"],
+    )
+
+    batch.pred_volume = fuse_batch_volumes(batch)
+    assert batch.pred_volume[1] is None
+    np.testing.assert_array_equal(batch.pred_volume[0].numpy(), reference_fusion(views, coords))
+
+    written = export_batch_volumes(tmp_path, batch)
+    assert len(written) == 1
+    folder = tmp_path / "volumes" / "part_bad_01"
+    assert written[0]["npz"] == folder / "anomaly_volume.npz"
+    assert sorted(path.name for path in (folder / "overlays").iterdir()) == ["C01.png", "C02.png"]
+    assert not (tmp_path / "volumes" / "part_good_01").exists()
+
+    with pytest.raises(ValueError, match="has no world_to_camera"):
+        fuse_batch_volumes(SimpleNamespace(**{**vars(batch), "world_to_camera": None}))
