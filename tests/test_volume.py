@@ -110,9 +110,9 @@ def fuse(views: dict[str, np.ndarray], coords: np.ndarray, **kwargs) -> torch.Te
 def listed_subset(rng: np.random.Generator, views: dict[str, np.ndarray]) -> np.ndarray:
     """Most reached voxels (the rest become unlisted) plus a few voxels that no pixel reaches."""
     reached = reached_voxels(views)
-    kept = reached[rng.random(len(reached)) > 0.2]
+    still_listed = reached[rng.random(len(reached)) > 0.2]
     unreached = reached.max(axis=0) + 5 + np.arange(4)[:, None]
-    coords = np.concatenate([kept, unreached])
+    coords = np.concatenate([still_listed, unreached])
     return coords[rng.permutation(len(coords))]
 
 

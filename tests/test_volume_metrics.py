@@ -176,6 +176,23 @@ def test_aupro_matches_reference_on_random_volumes(seed, connectivity):
         assert metric_value(instances, fpr_limit, connectivity) == pytest.approx(expected, abs=1e-10)
 
 
+def test_aupro_pruned_curve_matches_full_curve():
+    from anomalib_modmap.metrics import area_up_to
+
+    rng = np.random.default_rng(13)
+    metric = VoxelAUPRO(fpr_limit=0.02)
+    metric.update(to_batch([random_instance(rng, label) for label in (1, 0, 1)]))
+    full_fpr, full_pro, _ = metric.curve(full=True)
+    fpr, pro, _ = metric.curve()
+
+    assert (full_fpr[-1], full_pro[-1]) == (1.0, 1.0)
+    assert fpr.numel() < full_fpr.numel()
+    assert fpr[-2] <= 0.02 < fpr[-1]
+    torch.testing.assert_close(fpr, full_fpr[: fpr.numel()], rtol=0, atol=1e-15)
+    torch.testing.assert_close(pro, full_pro[: pro.numel()], rtol=0, atol=1e-12)
+    assert float(area_up_to(fpr, pro, 0.02)) == pytest.approx(float(area_up_to(full_fpr, full_pro, 0.02)), abs=1e-12)
+
+
 def test_aupro_with_all_anomalous_instance():
     rng = np.random.default_rng(7)
     whole = random_instance(rng, 1)

@@ -7,12 +7,13 @@ and work in ``anomalib.metrics.Evaluator(test_metrics=[...])``.
 
 from .instance_auroc import InstanceAUROC, rank_auroc, reduce_instance_score
 from .regions import label_voxel_regions
-from .voxel_aupro import VoxelAUPRO, area_up_to, pro_curve
+from .voxel_aupro import VoxelAUPRO, area_up_to, crossing_threshold, pro_curve
 
 __all__ = [
     "InstanceAUROC",
     "VoxelAUPRO",
     "area_up_to",
+    "crossing_threshold",
     "label_voxel_regions",
     "pro_curve",
     "rank_auroc",

@@ -25,6 +25,7 @@ sums) safely across batches and processes.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -46,11 +47,27 @@ def _cat_state(state: list[torch.Tensor] | torch.Tensor, dtype: torch.dtype) -> 
     return dim_zero_cat(state).to(dtype)
 
 
+def crossing_threshold(nominal_scores: torch.Tensor, fpr_limit: float) -> float:
+    """Return the threshold of the first curve point whose FPR exceeds ``fpr_limit``, -inf if none does.
+
+    That is the k-th highest nominal score with ``k = floor(fpr_limit * N) + 1``:
+    at any higher threshold at most ``k - 1`` nominal voxels pass, so FPR stays
+    within the limit. Points at lower thresholds lie past the crossing and add
+    no area below the limit.
+    """
+    num_nominal = nominal_scores.numel()
+    rank = math.floor(fpr_limit * num_nominal) + 1
+    if rank > num_nominal:
+        return float("-inf")
+    return float(torch.kthvalue(nominal_scores, num_nominal - rank + 1).values)
+
+
 def pro_curve(
     nominal_scores: torch.Tensor,
     anomalous_scores: torch.Tensor,
     region_sizes: torch.Tensor,
     num_regions: int,
+    min_threshold: float = float("-inf"),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return ``(fpr, pro, thresholds)`` float64 at every distinct score, in order of decreasing threshold.
 
@@ -61,23 +78,32 @@ def pro_curve(
         anomalous_scores: ``(A,)`` scores of all anomalous voxels.
         region_sizes: ``(A,)`` number of voxels in the region of each anomalous voxel.
         num_regions: number of regions R.
+        min_threshold: stop the curve at this threshold; voxels below it are only
+            counted in the totals. :func:`crossing_threshold` gives the lowest
+            threshold that matters for the area up to an FPR limit.
     """
     device = nominal_scores.device
     num_nominal = nominal_scores.numel()
+    weights = 1.0 / region_sizes.to(torch.float64)
+    unseen_weight = torch.zeros((), dtype=torch.float64, device=device)
+    if min_threshold > float("-inf"):
+        kept = anomalous_scores >= min_threshold
+        unseen_weight = weights[~kept].sum()
+        nominal_scores = nominal_scores[nominal_scores >= min_threshold]
+        anomalous_scores, weights = anomalous_scores[kept], weights[kept]
+
     scores = torch.cat((nominal_scores, anomalous_scores)).to(torch.float64)
     false_positive = torch.cat(
-        (torch.ones(num_nominal, dtype=torch.float64, device=device), torch.zeros_like(anomalous_scores, dtype=torch.float64))
+        (torch.ones(nominal_scores.numel(), dtype=torch.float64, device=device), torch.zeros_like(weights))
     )
-    overlap = torch.cat(
-        (torch.zeros(num_nominal, dtype=torch.float64, device=device), 1.0 / region_sizes.to(torch.float64))
-    )
+    overlap = torch.cat((torch.zeros(nominal_scores.numel(), dtype=torch.float64, device=device), weights))
 
     sorted_scores, order = torch.sort(scores, descending=True, stable=True)
     false_positives = torch.cumsum(false_positive[order], dim=0)
     sorted_overlap = overlap[order]
     found = torch.cumsum(sorted_overlap, dim=0)
     missed = torch.flip(torch.cumsum(torch.flip(sorted_overlap, dims=(0,)), dim=0), dims=(0,))
-    missed = torch.cat((missed[1:], torch.zeros(1, dtype=torch.float64, device=device)))
+    missed = torch.cat((missed[1:], torch.zeros(1, dtype=torch.float64, device=device))) + unseen_weight
     # The last voxel of each group of equal scores marks where the threshold can stop.
     thresholds, counts = torch.unique_consecutive(sorted_scores, return_counts=True)
     ends = torch.cumsum(counts, dim=0) - 1
@@ -214,12 +240,17 @@ class _VoxelAUPRO(Metric):
             raise ValueError(msg)
         return anomalous
 
-    def curve(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return the full ``(fpr, pro, thresholds)`` curve of the state; see :func:`pro_curve`."""
+    def curve(self, full: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the ``(fpr, pro, thresholds)`` curve of the state; see :func:`pro_curve`.
+
+        By default the curve ends at the first point past ``fpr_limit``, which
+        spares sorting the nominal voxels below it; ``full=True`` runs to FPR 1.
+        """
         nominal = _cat_state(self.nominal_scores, torch.float64)
-        anomalous = _cat_state(self.anomalous_scores, torch.float64)
-        sizes = _cat_state(self.region_sizes, torch.float64)
-        return pro_curve(nominal, anomalous.to(nominal.device), sizes.to(nominal.device), int(self.num_regions))
+        anomalous = _cat_state(self.anomalous_scores, torch.float64).to(nominal.device)
+        sizes = _cat_state(self.region_sizes, torch.float64).to(nominal.device)
+        min_threshold = float("-inf") if full else crossing_threshold(nominal, self.fpr_limit)
+        return pro_curve(nominal, anomalous, sizes, int(self.num_regions), min_threshold=min_threshold)
 
     def compute(self) -> torch.Tensor:
         """Return V-AUPRO up to ``fpr_limit``, normalised to [0, 1]; NaN (with a warning) when undefined."""
