@@ -12,10 +12,10 @@ different instances are never merged. For a threshold t:
 Every distinct score is a threshold, so voxels with equal scores switch
 together. The curve runs through ``(0, 0)`` and the points ``(FPR(t), PRO(t))``
 in order of decreasing t, linear in between. The score is the area under it
-from FPR 0 to ``fpr_limit`` (the last segment cut at the limit by linear
-interpolation), divided by ``fpr_limit``: 1.0 when every anomalous voxel
-outscores every nominal voxel, 0.0 when every nominal voxel outscores every
-anomalous one.
+from FPR 0 to ``fpr_limit``, divided by ``fpr_limit``; the segment that crosses
+the limit is cut there by linear interpolation. The score is 1.0 when every
+anomalous voxel outscores every nominal voxel and 0.0 when every nominal voxel
+outscores every anomalous one.
 
 Since ``PRO(t) = (1/R) * sum over anomalous voxels v with score >= t of 1/|region(v)|``,
 the state is per voxel and needs no region ids: nominal scores, anomalous scores
