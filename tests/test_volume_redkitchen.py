@@ -9,7 +9,6 @@ pixels score less.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from scipy import ndimage
 
 from anomalib_modmap.metrics import InstanceAUROC, VoxelAUPRO
 from anomalib_modmap.volume import fuse_anomaly_volume
-from sim3d_datamodule import geometry
+from sim3d_datamodule import geometry, io
 
 pytestmark = pytest.mark.shared_data
 
@@ -45,29 +44,20 @@ class Batch:
     gt_label: torch.Tensor
 
 
-# TODO: read captures with sim3d_datamodule.io once the data layer's readers are on main.
 def read_capture(folder: Path) -> Capture:
     """Read depth, cameras.json and the ground-truth volume of one test instance."""
-    cameras = json.loads((folder / "cameras.json").read_text())
-    by_name = {view["name"]: view for view in cameras["views"]}
+    cameras = io.read_cameras(folder / "cameras.json")
     names = sorted(path.stem for path in (folder / "depth").glob("*.npy"))
-    depth = np.stack([np.load(folder / "depth" / f"{name}.npy") for name in names]).astype(np.float64)
-    depth = torch.from_numpy(depth * float(cameras["depth_scale"]))
-    with np.load(folder / "gt" / "anomaly_volume.npz") as truth:
-        grid = geometry.VoxelGrid(
-            origin=torch.from_numpy(truth["origin"].astype(np.float64)),
-            voxel_size=float(truth["voxel_size"]),
-            coords=torch.from_numpy(truth["coords"].astype(np.int64)),
-            anomalous=torch.from_numpy(truth["anomalous"].astype(bool)),
-        )
+    depth, valid = zip(*(io.read_depth_npy(folder / "depth" / f"{name}.npy", cameras.depth_scale) for name in names), strict=True)
     return Capture(
         name=folder.name,
         label=int("bad" in folder.name),
-        intrinsics=torch.tensor([by_name[name]["K"] for name in names], dtype=torch.float64),
-        world_to_camera=torch.tensor([by_name[name]["world_to_camera"] for name in names], dtype=torch.float64),
-        depth=depth,
-        valid=torch.isfinite(depth) & (depth > 0),
-        grid=grid,
+        intrinsics=torch.stack([cameras[name].K for name in names]),
+        world_to_camera=torch.stack([cameras[name].world_to_camera for name in names]),
+        # float64 here so that marking and fusion back-project every pixel to the same point.
+        depth=torch.stack(depth).to(torch.float64),
+        valid=torch.stack(valid),
+        grid=io.read_ground_truth(folder / "gt" / "anomaly_volume.npz"),
     )
 
 
@@ -178,3 +168,37 @@ def test_oracle_maps_full_ground_truth(redkitchen):
     reached = float(np.mean(fractions))
     assert aupro == pytest.approx(reached + (1.0 - reached) * 0.005, abs=1e-12)
     assert auroc == 1.0
+
+
+def test_datamodule_batches_through_evaluator(shared_data):
+    from anomalib.metrics import Evaluator
+
+    from anomalib_modmap.volume import fuse_batch_volumes
+    from sim3d_datamodule.datamodule import SiM3D
+
+    # 256 pixels resizes the 320 x 240 captures, so padded and rescaled intrinsics are in the loop.
+    datamodule = SiM3D(root=shared_data / "redkitchen-sim3d", category="redkitchen", image_size=256, eval_batch_size=3)
+    datamodule.setup()
+    evaluator = Evaluator(test_metrics=[VoxelAUPRO(), InstanceAUROC()])
+
+    seen = 0
+    for batch_index, batch in enumerate(datamodule.test_dataloader()):
+        maps, observed = [], []
+        for index in range(len(batch.instance)):
+            depth = batch.depth_map[index, :, 0].to(torch.float64)
+            valid = batch.valid_depth[index, :, 0]
+            grid = batch.gt_volume[index]
+            capture = Capture(batch.instance[index], 0, batch.intrinsics[index], batch.world_to_camera[index], depth, valid, grid)
+            keys = pixel_voxel_keys(capture)
+            maps.append(oracle_maps(capture, keys))
+            observed.append(observed_grid(capture, keys)[0])
+        batch.anomaly_map = torch.stack(maps)
+        batch.gt_volume = observed
+        batch.pred_volume = fuse_batch_volumes(batch)
+        evaluator.on_test_batch_end(None, None, None, batch, batch_index)
+        seen += len(batch.instance)
+
+    aupro, auroc = evaluator.test_metrics
+    assert seen == 8
+    assert float(aupro.compute()) == 1.0
+    assert float(auroc.compute()) == 1.0
