@@ -10,15 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
+from anomalib_modmap.heatmaps import colorize_scores, save_view_overlays
 from anomalib_modmap.volume import (
     AnomalyVolume,
     VoxelLookup,
-    colorize_scores,
     export_anomaly_volume,
     export_batch_volumes,
-    fuse_batch_volumes,
     fuse_anomaly_volume,
-    save_view_overlays,
+    fuse_batch_volumes,
 )
 from sim3d_datamodule.geometry import VoxelGrid
 
