@@ -264,6 +264,8 @@ class Modmap(AnomalibModule):
         if self._scheduler is None:
             self._scheduler = self._build_scheduler(optimizer.optimizer, math.ceil(pair_count / self.pair_batch_size))
 
+        # NOTE: under DDP every rank draws the same pair order for its copy of the
+        # training instance, so extra GPUs add no training throughput.
         generator = torch.Generator().manual_seed(self.seed + self.current_epoch)
         losses = []
         for features in features_per_instance:
