@@ -138,3 +138,20 @@ def test_cli_train_writes_metrics(fixture_root, weights, tmp_path):
     assert "voxel_AUPRO@1%" in output
     assert "instance_AUROC" in output
     assert list(tmp_path.glob("Modmap/SiM3D/toy/v*/volumes/toy_bad_01/anomaly_volume.npz"))
+
+    checkpoints = list(tmp_path.glob("Modmap/SiM3D/toy/v*/weights/lightning/model.ckpt"))
+    assert len(checkpoints) == 1
+    test_command = [part if part != "train" else "test" for part in command]
+    test_command += ["--ckpt_path", str(checkpoints[0])]
+    result = subprocess.run(
+        test_command,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "voxel_AUPRO@1%" in output
