@@ -153,6 +153,22 @@ def test_checkpoint_reload_gives_same_maps(tmp_path):
 
     assert reloaded.hparams.max_epochs == 3
     torch.testing.assert_close(actual, expected)
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    assert not any(key.startswith("model.image_encoder.") for key in saved["state_dict"])
+    assert any(key.startswith("model.image_to_depth.") for key in saved["state_dict"])
+
+
+def test_reload_with_other_encoder_weights_warns(tmp_path, caplog):
+    model = _model(seed=1)
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, _loader(_batch("train")))
+    path = tmp_path / "modmap.ckpt"
+    trainer.save_checkpoint(path)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not meaningful.*")
+        Modmap.load_from_checkpoint(path, evaluator=False, seed=2)
+    assert "encoder weights differ" in caplog.text
 
 
 def test_cpu_runs_without_autocast():

@@ -392,15 +392,47 @@ class Modmap(AnomalibModule):
     # checkpoints ----------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the one-cycle schedule's state beside anomalib's component settings."""
+        """Leave the frozen encoders out of the checkpoint and store the one-cycle schedule's state.
+
+        The encoders are rebuilt from their weights source (or, for ``random``,
+        from ``seed``) whenever the model is constructed, so storing them again
+        would only add hundreds of megabytes. A checksum of each encoder is kept
+        to detect a weights file that changed between saving and loading.
+        """
         super().on_save_checkpoint(checkpoint)
+        state_dict = checkpoint.get("state_dict", {})
+        for key in [key for key in state_dict if key.startswith(_ENCODER_PREFIXES)]:
+            del state_dict[key]
+        checkpoint["modmap_encoder_checksums"] = self._encoder_checksums()
         if self._scheduler is not None:
             checkpoint["modmap_scheduler"] = self._scheduler.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the one-cycle schedule's state when training resumes."""
+        """Put the freshly built encoders into the checkpoint's state and restore the schedule."""
         super().on_load_checkpoint(checkpoint)
+        state_dict = checkpoint.setdefault("state_dict", {})
+        for key, value in self.state_dict().items():
+            if key.startswith(_ENCODER_PREFIXES) and key not in state_dict:
+                state_dict[key] = value
+        saved = checkpoint.get("modmap_encoder_checksums")
+        current = self._encoder_checksums()
+        if saved is not None and saved != current:
+            logger.warning(
+                "The encoder weights differ from those the checkpoint was trained with (checksums %s, now %s); "
+                "anomaly scores may not match. Point image_weights/depth_weights at the original files.",
+                saved,
+                current,
+            )
         self._scheduler_state = checkpoint.get("modmap_scheduler")
+
+    def _encoder_checksums(self) -> dict[str, float]:
+        """Return the float64 sum of every encoder's parameters, rounded to 6 significant digits."""
+        checksums = {}
+        for name in ("image_encoder", "depth_encoder"):
+            encoder = getattr(self.model, name)
+            total = sum(float(tensor.double().sum()) for tensor in encoder.state_dict().values())
+            checksums[name] = float(f"{total:.6g}")
+        return checksums
 
 
 def _batch_size(batch: Any) -> int:  # noqa: ANN401
