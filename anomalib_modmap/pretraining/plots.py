@@ -1,0 +1,55 @@
+"""Loss-curve plot of a pretraining run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+LOSS_COLUMNS = ("loss", "dino", "ibot", "koleo")
+ENTROPY_COLUMNS = ("teacher_marginal_entropy", "teacher_sample_entropy")
+
+
+def read_metrics(log_dir: Path) -> pd.DataFrame:
+    """Concatenate every ``metrics.csv`` below ``log_dir`` (one per launch of a resumed run), sorted by step."""
+    frames = [pd.read_csv(path) for path in sorted(Path(log_dir).rglob("metrics.csv"))]
+    frames = [frame for frame in frames if "step" in frame.columns and not frame.empty]
+    if not frames:
+        msg = f"No metrics.csv with a 'step' column below {log_dir}; the run logged no step yet."
+        raise FileNotFoundError(msg)
+    metrics = pd.concat(frames, ignore_index=True)
+    return metrics.groupby("step", as_index=False).last().sort_values("step")
+
+
+def plot_loss_curves(log_dir: Path, path: Path, title: str = "pretraining", smoothing: int = 5) -> Path:
+    """Plot the loss terms (left) and the teacher entropies (right) against the step; write a PNG to ``path``.
+
+    Thin lines are the logged values, thick lines their centred rolling mean over ``smoothing`` points.
+    """
+    metrics = read_metrics(log_dir)
+    figure, (loss_axis, entropy_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, columns in ((loss_axis, LOSS_COLUMNS), (entropy_axis, ENTROPY_COLUMNS)):
+        for column in columns:
+            if column not in metrics.columns:
+                continue
+            series = metrics[["step", column]].dropna()
+            line = axis.plot(series["step"], series[column], linewidth=0.6, alpha=0.4)[0]
+            smooth = series[column].rolling(smoothing, center=True, min_periods=1).mean()
+            axis.plot(series["step"], smooth, color=line.get_color(), linewidth=2, label=column)
+        axis.set_xlabel("optimisation step")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    loss_axis.set_ylabel("loss")
+    loss_axis.set_title(f"{title}: losses (koleo unweighted)")
+    entropy_axis.set_ylabel("entropy / log K")
+    entropy_axis.set_ylim(0, 1.05)
+    entropy_axis.set_title("centred teacher distribution")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
