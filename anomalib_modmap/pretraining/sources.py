@@ -19,15 +19,11 @@ inf, and the background value of SiM3D's synthetic EXR renders) is returned as `
 from __future__ import annotations
 
 import fnmatch
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# OpenCV reads EXR only when this is set before its first imread.
-os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
 LAYOUTS: tuple[str, ...] = ("sim3d", "mvtec3d", "eyecandies", "folder")
 DEPTH_SUFFIXES = (".npy", ".exr", ".png", ".tif", ".tiff")
@@ -167,7 +163,7 @@ def read_depth(source: SourceFile) -> tuple[np.ndarray, np.ndarray]:
     if source.reader == "npy":
         depth = _as_depth_plane(np.load(path), path)
     elif source.reader in ("exr", "exr_background_max"):
-        depth = _as_depth_plane(_imread(path, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH), path)
+        depth = _read_exr_depth(path)
     elif source.reader == "png16":
         raw = _imread(path, cv2.IMREAD_UNCHANGED)
         if raw.dtype != np.uint16 or raw.ndim != 2:
@@ -232,10 +228,29 @@ def _as_depth_plane(array: np.ndarray, path: Path) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] == 1:
         return array[..., 0]
     if array.ndim == 3 and array.shape[2] >= 3:
-        # Index 2 is z for an organised point cloud (x, y, z), and for a 3-channel EXR it is the
-        # depth written in channel 0 (R), because OpenCV returns the channels as BGR.
+        # Index 2 is z in an organised point cloud (x, y, z).
         return array[..., 2]
     msg = f"{path} has shape {array.shape}; expected a depth map (H, W) or an organised point cloud (H, W, 3)."
+    raise ValueError(msg)
+
+
+def _read_exr_depth(path: Path) -> np.ndarray:
+    """Return the depth channel of an EXR file: its only channel, else ``Z``, else ``B`` (OpenCV's channel 0)."""
+    # OpenCV 5.1 wheels are built without OpenEXR, so EXR goes through the OpenEXR bindings.
+    import OpenEXR
+
+    try:
+        with OpenEXR.File(str(path), separate_channels=True) as exr:
+            channels = {name: np.asarray(channel.pixels) for name, channel in exr.channels().items()}
+    except (RuntimeError, ValueError, OSError) as error:
+        msg = f"{path} is not a readable EXR file ({error}); re-export it."
+        raise ValueError(msg) from error
+    if len(channels) == 1:
+        return next(iter(channels.values()))
+    for name in ("Z", "B"):
+        if name in channels:
+            return channels[name]
+    msg = f"{path} has EXR channels {sorted(channels)}; store depth in a single channel, in 'Z', or in 'R', 'G', 'B'."
     raise ValueError(msg)
 
 
