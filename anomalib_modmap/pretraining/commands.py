@@ -49,6 +49,8 @@ def _shared_options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True,
                      help="Steps between checkpoints and encoder exports."),
         click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
+        click.option("--cpu-threads", type=click.IntRange(min=1), default=None,
+                     help="PyTorch CPU threads of the training process. Default: PyTorch's choice."),
     ]
     for option in reversed(options):
         function = option(function)
@@ -97,6 +99,7 @@ def _run(modality: str, depth_normalization: str | None, in_chans: int, **kwargs
         resume=kwargs["resume"],
         max_minutes=kwargs["max_minutes"],
         seed=kwargs["seed"],
+        cpu_threads=kwargs["cpu_threads"],
     )
     try:
         run_pretraining(config, crops, settings)

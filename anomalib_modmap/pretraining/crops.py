@@ -19,8 +19,8 @@ class CropSettings:
     Sizes are in pixels and must be multiples of the patch size; scales are fractions of the view
     area. ``rotation_degrees`` is the largest absolute in-plane rotation. ``value_scale`` and
     ``value_offset`` jitter the normalised depth (or the gray level) of the valid pixels of each
-    crop as ``value * scale + offset``; ``drop_fraction`` is the largest fraction of valid pixels
-    set invalid at random per crop. A crop is drawn again (up to ``max_attempts`` times) while less
+    crop as ``value * scale + offset``. ``drop_fraction`` is the largest fraction of valid pixels
+    that a crop sets invalid at random. A crop is drawn again (up to ``max_attempts`` times) while less
     than ``min_valid_fraction`` of its pixels are valid. ``blur_probability`` applies to images only.
     """
 
@@ -76,8 +76,8 @@ def crop_affine(height: int, width: int, scale: tuple[float, float], settings: C
     flip_x = -1.0 if float(torch.rand(())) < settings.horizontal_flip else 1.0
     flip_y = -1.0 if float(torch.rand(())) < settings.vertical_flip else 1.0
 
-    # Output coordinates (u, v) in [-1, 1] map to the box frame, are rotated, then shifted to the
-    # box centre; dividing by half the view size gives affine_grid's normalised input coordinates.
+    # Output coordinates (u, v) in [-1, 1] are scaled to the box, rotated and shifted to its centre.
+    # Dividing by half the view size turns pixels into affine_grid's normalised input coordinates.
     half_w, half_h = box_w / 2 * flip_x, box_h / 2 * flip_y
     return torch.tensor(
         [
@@ -112,7 +112,7 @@ class MultiCrop:
     """Turns one normalised view into global and local crops for the student and the teacher.
 
     ``__call__`` takes ``values`` ``(H, W)`` (normalised depth in [0, 1] with 0 where invalid, or
-    gray in [0, 1]) and ``valid`` ``(H, W)`` bool; it returns global crops ``(G, C, S, S)``, their
+    gray in [0, 1]) and ``valid`` ``(H, W)`` bool. It returns global crops ``(G, C, S, S)``, their
     validity ``(G, S, S)``, and local crops ``(L, C, s, s)``. Depth crops have ``C = 1`` and stay 0
     on invalid pixels (as at inference); image crops go through ``normalize_gray`` with
     ``channels`` channels.
@@ -151,8 +151,8 @@ class MultiCrop:
             crop, crop_valid = resample(stacked, crop_affine(height, width, scale, self.settings), size)
             if float(crop_valid.float().mean()) >= self.settings.min_valid_fraction:
                 break
-        # NOTE: after max_attempts the last crop is kept even when mostly invalid; its invalid
-        # patches are still never masked, so they stay out of the iBOT loss.
+        # NOTE: after max_attempts the last crop is kept even when mostly invalid. Its invalid
+        # patches are never masked, so they stay out of the iBOT loss, but its class token counts.
         return self._jitter(crop, crop_valid)
 
     def _jitter(self, crop: torch.Tensor, crop_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,8 +10,8 @@ from torch import nn
 class KoLeoLoss(nn.Module):
     """Kozachenko-Leonenko entropy estimate of a batch of features ``(B, D)``, negated.
 
-    The features are L2-normalised; the loss is the mean over the batch of ``-log(d_i + eps)``
-    where ``d_i`` is the distance of sample ``i`` to its nearest neighbour in the batch.
+    The features are L2-normalised. The loss is the batch mean of ``-log(d_i + eps)``, where
+    ``d_i`` is the distance of sample ``i`` to its nearest neighbour in the batch.
     Minimising it pushes samples apart. A batch of one sample returns 0.
     """
 

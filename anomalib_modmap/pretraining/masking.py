@@ -17,9 +17,9 @@ def block_mask(
     """Draw a mask over a patch grid by placing random rectangles; return a bool ``(h, w)`` mask.
 
     ``allowed`` ``(h, w)`` bool marks the patches that may be masked (patches with enough valid
-    depth). Rectangles of ``min_block`` or more patches and aspect ratio between 0.3 and 3.3 are
-    added until about ``ratio`` of the allowed patches are masked; rectangles are clipped to the
-    allowed patches, so the result may fall a little short of the target.
+    depth). Rectangles of ``min_block`` or more patches, with aspect ratios between 0.3 and 3.3,
+    are added until about ``ratio`` of the allowed patches are masked. Rectangles are clipped to
+    the allowed patches, so the result may fall a little short of the target.
     """
     height, width = allowed.shape
     target = int(round(ratio * int(allowed.sum())))

@@ -107,8 +107,8 @@ class DinoPretraining(LightningModule):
 
     A batch is a dict from ``PretrainDataset`` collated over ``B`` samples: ``global_crops``
     ``(B, G, C, S, S)``, ``local_crops`` ``(B, L, C, s, s)``, ``masks`` and ``patch_valid``
-    ``(B, G, S/p, S/p)``. The teacher sees the unmasked global crops; the student sees the masked
-    global crops and the local crops. The teacher is an exponential moving average of the student
+    ``(B, G, S/p, S/p)``. The teacher encodes the unmasked global crops. The student encodes the
+    masked global crops and the local crops. The teacher is an exponential moving average of the student
     and is the encoder that ``export_encoder`` saves.
     """
 
@@ -182,10 +182,10 @@ class DinoPretraining(LightningModule):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Group the trainable parameters by learning-rate scale and weight-decay use.
 
-        Block ``i`` of ``D`` gets a learning-rate scale ``layer_decay ** (D - i)``; the patch and
-        position embeddings and tokens get ``layer_decay ** (D + 1)``, the patch embedding times
-        ``patch_embed_lr_scale`` on top; the final norm and the head get 1. Biases, norm weights
-        and tokens take no weight decay.
+        Block ``i`` of ``D`` gets a learning-rate scale ``layer_decay ** (D - i)``. The patch and
+        position embeddings and the tokens get ``layer_decay ** (D + 1)``, and the patch embedding
+        is scaled by ``patch_embed_lr_scale`` on top. The final norm and the heads get 1. Biases,
+        norm weights and tokens take no weight decay.
         """
         depth = len(self.student["backbone"].blocks)
         named = [(f"student.{name}", parameter) for name, parameter in self.student.named_parameters()]
@@ -258,10 +258,10 @@ class DinoPretraining(LightningModule):
     def compute_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Return the total loss, each term, and two teacher entropies normalised by ``log K``.
 
-        ``teacher_marginal_entropy`` is the entropy of the batch-mean centred teacher distribution
-        (near 1 when prototypes are used evenly, near 0 when one prototype takes every sample);
-        ``teacher_sample_entropy`` is the mean entropy of each sample's distribution (near 1 when
-        the targets carry no information).
+        ``teacher_marginal_entropy`` is the entropy of the batch-mean centred teacher distribution.
+        It is near 1 when the prototypes are used evenly and near 0 when one prototype takes every
+        sample. ``teacher_sample_entropy`` is the mean entropy of each sample's distribution, which
+        is near 1 when the targets carry no information about the view.
         """
         config = self.config
         temperature = self._schedule.teacher_temperature if self._schedule is not None else config.teacher_temperature[0]

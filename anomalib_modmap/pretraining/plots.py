@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -25,10 +26,19 @@ def read_metrics(log_dir: Path) -> pd.DataFrame:
     return metrics.groupby("step", as_index=False).last().sort_values("step")
 
 
-def plot_loss_curves(log_dir: Path, path: Path, title: str = "pretraining", smoothing: int = 5) -> Path:
+def plot_loss_curves(
+    log_dir: Path,
+    path: Path,
+    title: str = "pretraining",
+    smoothing: int = 5,
+    prototypes: int | None = None,
+) -> Path:
     """Plot the loss terms (left) and the teacher entropies (right) against the step; write a PNG to ``path``.
 
     Thin lines are the logged values, thick lines their centred rolling mean over ``smoothing`` points.
+    With ``prototypes`` given, a dashed line marks ``log K``: the DINO or iBOT loss of a student
+    that predicts the uniform distribution, where both losses sit until the teacher's targets
+    start to differ between views.
     """
     metrics = read_metrics(log_dir)
     figure, (loss_axis, entropy_axis) = plt.subplots(1, 2, figsize=(11, 4))
@@ -43,6 +53,9 @@ def plot_loss_curves(log_dir: Path, path: Path, title: str = "pretraining", smoo
         axis.set_xlabel("optimisation step")
         axis.grid(alpha=0.3)
         axis.legend()
+    if prototypes:
+        loss_axis.axhline(math.log(prototypes), color="gray", linestyle="--", linewidth=1, label="log K (uniform)")
+        loss_axis.legend()
     loss_axis.set_ylabel("loss")
     loss_axis.set_title(f"{title}: losses (koleo unweighted)")
     entropy_axis.set_ylabel("entropy / log K")

@@ -73,9 +73,9 @@ def find_files(specs: list[str], modality: str, pattern: str | None = None) -> l
         layout = layout or detect_layout(path, modality)
         found = _FINDERS[layout](path, modality, pattern)
         if not found:
-            wanted = pattern or ", ".join(DEPTH_SUFFIXES if modality == "depth" else IMAGE_SUFFIXES)
+            expected = pattern or ", ".join(DEPTH_SUFFIXES if modality == "depth" else IMAGE_SUFFIXES)
             msg = (
-                f"Data source {path} (layout {layout}) contains no {modality} files ({wanted}); "
+                f"Data source {path} (layout {layout}) contains no {modality} files ({expected}); "
                 "check the path, or give the layout explicitly as sim3d:PATH, mvtec3d:PATH, "
                 "eyecandies:PATH or folder:PATH."
             )

@@ -26,11 +26,13 @@ logger = logging.getLogger(__name__)
 class RunSettings:
     """Settings of a pretraining run that do not change the learned weights' meaning.
 
-    ``checkpoint_dir`` holds ``last.ckpt`` (the full training state, written every
+    ``checkpoint_dir`` contains ``last.ckpt`` (the full training state, written every
     ``checkpoint_every`` steps and at the end), the CSV logs and the loss-curve PNG.
     ``resume`` continues from ``checkpoint_dir/last.ckpt``. ``max_minutes`` stops training after
     that wall-clock time even when ``max_steps`` is not reached. ``precision`` ``"auto"`` means
-    bf16 mixed precision on a GPU and float32 on the CPU.
+    bf16 mixed precision on a GPU and float32 on the CPU. ``cpu_threads`` sets
+    ``torch.set_num_threads`` (``None`` keeps PyTorch's default); on a CPU shared with other jobs,
+    1 thread can be several times faster than oversubscribed cores.
     """
 
     data: list[str]
@@ -48,6 +50,7 @@ class RunSettings:
     resume: bool = False
     max_minutes: float | None = None
     seed: int = 0
+    cpu_threads: int | None = None
 
 
 class EncoderExport(Callback):
@@ -104,6 +107,8 @@ def run_pretraining(config: PretrainConfig, crops: CropSettings, settings: RunSe
         msg = f"Cannot resume: {resume_path} not found. Run without --resume, or pass the --checkpoint-dir of the earlier run."
         raise FileNotFoundError(msg)
 
+    if settings.cpu_threads is not None:
+        torch.set_num_threads(settings.cpu_threads)
     seed_everything(settings.seed, workers=True)
     module = DinoPretraining(config)
     dataset = build_dataset(config, crops, settings, patch_size=module.patch_size)
@@ -149,7 +154,12 @@ def run_pretraining(config: PretrainConfig, crops: CropSettings, settings: RunSe
         logger.info("Encoder written to %s after %d steps.", settings.out, module.global_step)
         plot_path = settings.checkpoint_dir / "loss_curves.png"
         try:
-            plot_loss_curves(settings.checkpoint_dir / "logs", plot_path, title=f"{config.modality} encoder pretraining")
+            plot_loss_curves(
+                settings.checkpoint_dir / "logs",
+                plot_path,
+                title=f"{config.modality} encoder pretraining",
+                prototypes=config.head_prototypes,
+            )
             logger.info("Loss curves written to %s.", plot_path)
         except FileNotFoundError as error:
             logger.warning("Loss curves not plotted: %s", error)
