@@ -268,6 +268,7 @@ def run_tiny(depth_folder: Path, work: Path, resume: bool = False, **changes) ->
         checkpoint_every=8,
         log_every=1,
         resume=resume,
+        cpu_threads=1,
     )
     return run_pretraining(tiny_config(**changes), TINY_CROPS, settings)
 
@@ -347,7 +348,7 @@ def test_cli_pretrains_on_real_frames(shared_data: Path, tmp_path: Path):
         "--data", f"folder:{shared_data / 'redkitchen'}", "--max-steps", "2", "--batch-size", "2",
         "--embed-dim", "32", "--blocks", "1", "--heads", "2", "--global-size", "28", "--local-size", "14",
         "--local-crops", "1", "--prototypes", "32", "--head-hidden-dim", "32", "--head-bottleneck-dim", "8",
-        "--num-workers", "0", "--accelerator", "cpu",
+        "--num-workers", "0", "--accelerator", "cpu", "--cpu-threads", "1",
     ]  # fmt: skip
     for command, pattern, name in (("pretrain-depth", "*.depth.png", "depth"), ("pretrain-image", "*.color.jpg", "image")):
         out = tmp_path / f"{name}.ckpt"
@@ -356,3 +357,48 @@ def test_cli_pretrains_on_real_frames(shared_data: Path, tmp_path: Path):
         checkpoint = read_encoder_checkpoint(out)
         assert checkpoint.modality == name
         assert checkpoint.timm_kwargs["in_chans"] == (1 if name == "depth" else 3)
+
+
+def _sinkhorn_worker(rank: int, world_size: int, init_file: str, cases: list, results: dict) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        for index, logits in enumerate(cases):
+            # With 5 rows, rank 1 gets none, like a rank whose batch has no masked patch.
+            rows = logits[:5] if rank == 0 else logits[5:]
+            results[(index, rank)] = sinkhorn_knopp(rows, temperature=0.05)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sinkhorn_matches_across_ranks(tmp_path: Path):
+    torch.manual_seed(0)
+    cases = [torch.randn(9, 6), torch.randn(5, 6)]
+    results = torch.multiprocessing.Manager().dict()
+    # Forked workers skip re-importing this module, which keeps the test fast.
+    torch.multiprocessing.start_processes(
+        _sinkhorn_worker, args=(2, str(tmp_path / "init"), cases, results), nprocs=2, start_method="fork"
+    )
+    for index, logits in enumerate(cases):
+        gathered = torch.cat([results[(index, 0)], results[(index, 1)]])
+        assert torch.allclose(gathered, sinkhorn_knopp(logits, temperature=0.05), atol=1e-6)
+
+
+def test_register_tokens_round_trip(depth_folder: Path, tmp_path: Path):
+    torch.manual_seed(0)
+    module = DinoPretraining(tiny_config(reg_tokens=2))
+    dataset = PretrainDataset(find_files([str(depth_folder)], "depth"), "depth", TINY_CROPS, patch_size=module.patch_size)
+    batch = torch.utils.data.default_collate([dataset[index] for index in range(4)])
+
+    losses = module.compute_losses(batch)
+    losses["loss"].backward()
+    assert module.prefix_tokens == 3
+    assert torch.isfinite(losses["loss"])
+    assert module.mask_token.grad is not None
+
+    backbone, checkpoint = load_encoder(module.export_encoder(tmp_path / "reg.ckpt"))
+    images = torch.rand(2, 1, 28, 42)
+    with torch.no_grad():
+        assert torch.equal(backbone.forward_features(images), module.teacher["backbone"].forward_features(images))
+    assert checkpoint.timm_kwargs["reg_tokens"] == 2

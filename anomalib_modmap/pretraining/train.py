@@ -107,8 +107,16 @@ def run_pretraining(config: PretrainConfig, crops: CropSettings, settings: RunSe
         msg = f"Cannot resume: {resume_path} not found. Run without --resume, or pass the --checkpoint-dir of the earlier run."
         raise FileNotFoundError(msg)
 
+    previous_threads = torch.get_num_threads()
     if settings.cpu_threads is not None:
         torch.set_num_threads(settings.cpu_threads)
+    try:
+        return _fit_and_export(config, crops, settings, resume_path)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _fit_and_export(config: PretrainConfig, crops: CropSettings, settings: RunSettings, resume_path: Path) -> Path:
     seed_everything(settings.seed, workers=True)
     module = DinoPretraining(config)
     dataset = build_dataset(config, crops, settings, patch_size=module.patch_size)
