@@ -168,3 +168,33 @@ def keys_to_voxels(keys: torch.Tensor) -> torch.Tensor:
     y = (keys >> _KEY_BITS) & _KEY_MASK
     z = keys & _KEY_MASK
     return torch.stack((x, y, z), dim=-1) - _KEY_OFFSET
+
+
+def voxelize_depth(
+    depth: torch.Tensor,
+    valid: torch.Tensor,
+    intrinsics: torch.Tensor,
+    world_to_camera: torch.Tensor,
+    origin: torch.Tensor,
+    voxel_size: float,
+) -> VoxelGrid:
+    """Build the all-nominal voxel grid hit by the back-projected depth of every view.
+
+    ``depth`` and ``valid`` are ``(V, H, W)`` (metres, bool), ``intrinsics``
+    ``(V, 3, 3)`` and ``world_to_camera`` ``(V, 4, 4)``. Views may differ in
+    size when passed as lists of per-view tensors. The grid lists each voxel
+    that at least one valid pixel falls in, sorted by voxel key, with
+    ``anomalous`` all false.
+    """
+    keys = []
+    for view_depth, view_valid, view_intrinsics, view_pose in zip(depth, valid, intrinsics, world_to_camera, strict=True):
+        points = depth_to_world_points(view_depth.to(torch.float64), view_intrinsics, view_pose)[view_valid.bool()]
+        keys.append(voxel_keys(points_to_voxels(points, origin, voxel_size)))
+    unique = torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.int64)
+    coords = keys_to_voxels(unique)
+    return VoxelGrid(
+        origin=origin.to(torch.float64).clone(),
+        voxel_size=float(voxel_size),
+        coords=coords,
+        anomalous=torch.zeros(coords.shape[0], dtype=torch.bool, device=coords.device),
+    )
