@@ -205,12 +205,12 @@ def test_find_files_reads_every_layout(tmp_path: Path):
 
     found = find_files([str(tmp_path / "sim3d"), str(tmp_path / "mvtec"), f"eyecandies:{tmp_path / 'eyecandies'}"], "depth")
     readers = sorted(source.reader for source in found)
-    assert readers == ["exr_background_max", "eyecandies_png", "npy", "tiff_xyz", "tiff_xyz"]
+    assert readers == ["exr", "eyecandies_png", "npy", "tiff_xyz", "tiff_xyz"]
     relative = [str(source.path.relative_to(tmp_path)) for source in found]
     assert not any("bad" in path or "test" in path for path in relative)
 
     by_reader = {source.reader: read_depth(source) for source in found}
-    exr_depth, exr_valid = by_reader["exr_background_max"]
+    exr_depth, exr_valid = by_reader["exr"]
     assert not exr_valid[:10].any()
     assert exr_valid[10:].sum() == (depth[10:] > 0).sum()
     tiff_depth, tiff_valid = by_reader["tiff_xyz"]

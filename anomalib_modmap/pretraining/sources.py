@@ -13,7 +13,8 @@ A data source is a path, optionally prefixed with its layout as ``layout:path``:
   for depth, ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``/``.tiff`` for images.
 
 Without a prefix the layout is detected from the files found. Invalid depth (0, negative, NaN,
-inf, and the background value of SiM3D's synthetic EXR renders) is returned as ``valid=False``.
+inf, and the maximum value of an EXR map, which renderers write as background) is returned as
+``valid=False``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sim3d_datamodule.io import read_depth_exr
+
 LAYOUTS: tuple[str, ...] = ("sim3d", "mvtec3d", "eyecandies", "folder")
 DEPTH_SUFFIXES = (".npy", ".exr", ".png", ".tif", ".tiff")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -35,7 +38,7 @@ _TEST_SPLIT_PREFIX = "test"
 class SourceFile:
     """One depth map or image on disk and the reader that decodes it.
 
-    ``reader`` is one of ``npy``, ``exr``, ``exr_background_max``, ``png16``, ``tiff_xyz``,
+    ``reader`` is one of ``npy``, ``exr``, ``png16``, ``tiff_xyz``,
     ``eyecandies_png`` (depth) or ``gray`` (image).
     """
 
@@ -104,7 +107,7 @@ def _is_sim3d_training(folder: Path) -> bool:
 
 def _find_sim3d(path: Path, modality: str, pattern: str | None) -> list[SourceFile]:
     if modality == "depth":
-        globs = (("depth", "*.npy", "npy"), ("DEPTH", "*_depth.exr", "exr_background_max"))
+        globs = (("depth", "*.npy", "npy"), ("DEPTH", "*_depth.exr", "exr"))
     else:
         globs = (("rgb", "*.png", "gray"), ("RGB", "*.png", "gray"))
     files = []
@@ -162,8 +165,10 @@ def read_depth(source: SourceFile) -> tuple[np.ndarray, np.ndarray]:
     path = source.path
     if source.reader == "npy":
         depth = _as_depth_plane(np.load(path), path)
-    elif source.reader in ("exr", "exr_background_max"):
-        depth = _read_exr_depth(path)
+    elif source.reader == "exr":
+        # The project's EXR reader: the maximum value of the map is background.
+        depth_tensor, valid_tensor = read_depth_exr(path)
+        return depth_tensor.numpy().astype(np.float32), valid_tensor.numpy()
     elif source.reader == "png16":
         raw = _imread(path, cv2.IMREAD_UNCHANGED)
         if raw.dtype != np.uint16 or raw.ndim != 2:
@@ -185,9 +190,6 @@ def read_depth(source: SourceFile) -> tuple[np.ndarray, np.ndarray]:
 
     depth = depth.astype(np.float32, copy=False)
     valid = np.isfinite(depth) & (depth > 0)
-    if source.reader == "exr_background_max" and valid.any():
-        # SiM3D's synthetic renders write the background at the maximum depth of the view.
-        valid &= depth < depth[valid].max()
     return depth, valid
 
 
@@ -231,26 +233,6 @@ def _as_depth_plane(array: np.ndarray, path: Path) -> np.ndarray:
         # Index 2 is z in an organised point cloud (x, y, z).
         return array[..., 2]
     msg = f"{path} has shape {array.shape}; expected a depth map (H, W) or an organised point cloud (H, W, 3)."
-    raise ValueError(msg)
-
-
-def _read_exr_depth(path: Path) -> np.ndarray:
-    """Return the depth channel of an EXR file: its only channel, else ``Z``, else ``B`` (OpenCV's channel 0)."""
-    # OpenCV 5.1 wheels are built without OpenEXR, so EXR goes through the OpenEXR bindings.
-    import OpenEXR
-
-    try:
-        with OpenEXR.File(str(path), separate_channels=True) as exr:
-            channels = {name: np.asarray(channel.pixels) for name, channel in exr.channels().items()}
-    except (RuntimeError, ValueError, OSError) as error:
-        msg = f"{path} is not a readable EXR file ({error}); re-export it."
-        raise ValueError(msg) from error
-    if len(channels) == 1:
-        return next(iter(channels.values()))
-    for name in ("Z", "B"):
-        if name in channels:
-            return channels[name]
-    msg = f"{path} has EXR channels {sorted(channels)}; store depth in a single channel, in 'Z', or in 'R', 'G', 'B'."
     raise ValueError(msg)
 
 
