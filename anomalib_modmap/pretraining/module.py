@@ -35,6 +35,7 @@ class PretrainConfig:
     Steps: the schedules run over ``max_steps`` optimisation steps; fractions are of ``max_steps``.
     ``lr`` is the peak learning rate; when ``None`` it is ``base_lr * sqrt(global batch / 1024)``.
     Temperatures are softmax temperatures; the teacher's rises linearly over its warm-up.
+    ``drop_path_rate`` applies to the student only (DINOv2's default config uses 0.3 for ViT-L).
     """
 
     modality: str = "depth"
@@ -108,8 +109,8 @@ class DinoPretraining(LightningModule):
     A batch is a dict from ``PretrainDataset`` collated over ``B`` samples: ``global_crops``
     ``(B, G, C, S, S)``, ``local_crops`` ``(B, L, C, s, s)``, ``masks`` and ``patch_valid``
     ``(B, G, S/p, S/p)``. The teacher encodes the unmasked global crops. The student encodes the
-    masked global crops and the local crops. The teacher is an exponential moving average of the student
-    and is the encoder that ``export_encoder`` saves.
+    masked global crops and the local crops. The teacher is an exponential moving average of the
+    student and is the encoder that ``export_encoder`` saves.
     """
 
     def __init__(self, config: PretrainConfig | dict[str, Any]) -> None:
@@ -133,7 +134,7 @@ class DinoPretraining(LightningModule):
         }
         student_modules: dict[str, nn.Module] = {"backbone": student_backbone, "head": DINOHead(embed_dim, **head_kwargs)}
         if config.ibot_separate_head:
-            # DINOv2 unties the class-token and patch heads in its ViT-L and ViT-g training configs.
+            # DINOv2's ViT-L/14 training config (dinov2/configs/train/vitl14.yaml) unties the two heads.
             student_modules["ibot_head"] = DINOHead(embed_dim, **head_kwargs)
         self.student = nn.ModuleDict(student_modules)
         self.teacher = copy.deepcopy(self.student)

@@ -94,10 +94,15 @@ def build_dataset(
     )
 
 
-def run_pretraining(config: PretrainConfig, crops: CropSettings, settings: RunSettings) -> Path:
+def run_pretraining(
+    config: PretrainConfig,
+    crops: CropSettings,
+    settings: RunSettings,
+    callbacks: list[Callback] | None = None,
+) -> Path:
     """Train an encoder and write it to ``settings.out``; return that path.
 
-    Raises ``FileNotFoundError`` when ``resume`` is set and no ``last.ckpt`` exists.
+    ``callbacks`` are added to the Lightning trainer's own. Raises ``FileNotFoundError`` when ``resume`` is set and no ``last.ckpt`` exists.
     """
     if config.img_size != crops.global_size:
         msg = f"The encoder's img_size ({config.img_size}) must equal the global crop size ({crops.global_size})."
@@ -111,12 +116,18 @@ def run_pretraining(config: PretrainConfig, crops: CropSettings, settings: RunSe
     if settings.cpu_threads is not None:
         torch.set_num_threads(settings.cpu_threads)
     try:
-        return _fit_and_export(config, crops, settings, resume_path)
+        return _fit_and_export(config, crops, settings, resume_path, callbacks or [])
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _fit_and_export(config: PretrainConfig, crops: CropSettings, settings: RunSettings, resume_path: Path) -> Path:
+def _fit_and_export(
+    config: PretrainConfig,
+    crops: CropSettings,
+    settings: RunSettings,
+    resume_path: Path,
+    callbacks: list[Callback],
+) -> Path:
     seed_everything(settings.seed, workers=True)
     module = DinoPretraining(config)
     dataset = build_dataset(config, crops, settings, patch_size=module.patch_size)
@@ -149,7 +160,7 @@ def _fit_and_export(config: PretrainConfig, crops: CropSettings, settings: RunSe
         gradient_clip_val=settings.gradient_clip,
         gradient_clip_algorithm="norm",
         log_every_n_steps=settings.log_every,
-        callbacks=[checkpoint, EncoderExport(settings.out, settings.checkpoint_every), TQDMProgressBar(refresh_rate=1)],
+        callbacks=[checkpoint, EncoderExport(settings.out, settings.checkpoint_every), TQDMProgressBar(), *callbacks],
         logger=CSVLogger(save_dir=settings.checkpoint_dir, name="logs"),
         default_root_dir=settings.checkpoint_dir,
         enable_model_summary=False,
