@@ -177,24 +177,112 @@ def voxelize_depth(
     world_to_camera: torch.Tensor,
     origin: torch.Tensor,
     voxel_size: float,
+    point_labels: torch.Tensor | None = None,
 ) -> VoxelGrid:
-    """Build the all-nominal voxel grid hit by the back-projected depth of every view.
+    """Build the voxel grid hit by the back-projected depth of every view.
 
     ``depth`` and ``valid`` are ``(V, H, W)`` (metres, bool), ``intrinsics``
     ``(V, 3, 3)`` and ``world_to_camera`` ``(V, 4, 4)``. Views may differ in
     size when passed as lists of per-view tensors. The grid lists each voxel
-    that at least one valid pixel falls in, sorted by voxel key, with
-    ``anomalous`` all false.
+    that at least one valid pixel falls in, sorted by voxel key. A voxel is
+    anomalous when a valid pixel marked in the optional ``(V, H, W)`` bool
+    ``point_labels`` falls in it. Without labels ``anomalous`` is all false.
     """
     keys = []
-    for view_depth, view_valid, view_intrinsics, view_pose in zip(depth, valid, intrinsics, world_to_camera, strict=True):
+    labelled_keys = []
+    labels = [None] * len(depth) if point_labels is None else point_labels
+    for view_depth, view_valid, view_intrinsics, view_pose, view_labels in zip(depth, valid, intrinsics, world_to_camera, labels, strict=True):
         points = depth_to_world_points(view_depth.to(torch.float64), view_intrinsics, view_pose)[view_valid.bool()]
-        keys.append(voxel_keys(points_to_voxels(points, origin, voxel_size)))
+        view_keys = voxel_keys(points_to_voxels(points, origin, voxel_size))
+        keys.append(view_keys)
+        if view_labels is not None:
+            labelled_keys.append(view_keys[view_labels.bool()[view_valid.bool()]])
     unique = torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.int64)
     coords = keys_to_voxels(unique)
+    anomalous = torch.zeros(coords.shape[0], dtype=torch.bool, device=coords.device)
+    if labelled_keys:
+        anomalous = torch.isin(unique, torch.cat(labelled_keys))
     return VoxelGrid(
         origin=origin.to(torch.float64).clone(),
         voxel_size=float(voxel_size),
         coords=coords,
-        anomalous=torch.zeros(coords.shape[0], dtype=torch.bool, device=coords.device),
+        anomalous=anomalous,
     )
+
+
+def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Return the ``world_to_camera`` 4x4 of a camera at ``eye`` whose z axis points at ``target``.
+
+    ``up`` (3,) is the world direction that appears upward in the image (image
+    y points down, so the camera's y axis is the component of ``-up``
+    perpendicular to the viewing direction). ``up`` must not be parallel to
+    ``target - eye``; a ``ValueError`` names both when it is.
+    """
+    eye = eye.to(torch.float64)
+    forward = target.to(torch.float64) - eye
+    forward = forward / torch.linalg.vector_norm(forward)
+    right = torch.linalg.cross(-up.to(torch.float64), forward)
+    norm = torch.linalg.vector_norm(right)
+    if norm < 1e-9:
+        msg = f"The up vector {up.tolist()} is parallel to the viewing direction {forward.tolist()}; pass another up vector."
+        raise ValueError(msg)
+    right = right / norm
+    down = torch.linalg.cross(forward, right)
+    rotation = torch.stack((right, down, forward))
+    world_to_camera = torch.eye(4, dtype=torch.float64)
+    world_to_camera[:3, :3] = rotation
+    world_to_camera[:3, 3] = -rotation @ eye
+    return world_to_camera
+
+
+def camera_centers(world_to_camera: torch.Tensor) -> torch.Tensor:
+    """Return the world positions ``(..., 3)`` of cameras ``(..., 4, 4)``."""
+    rotation = world_to_camera[..., :3, :3]
+    translation = world_to_camera[..., :3, 3]
+    return -(rotation.transpose(-1, -2) @ translation.unsqueeze(-1)).squeeze(-1)
+
+
+def camera_rays(intrinsics: torch.Tensor, world_to_camera: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return world ray origins and directions ``(H, W, 3)`` through every pixel centre.
+
+    Directions are scaled so that their camera-frame z component is 1: the
+    point ``origin + t * direction`` has depth ``t`` in metres.
+    """
+    ones = torch.ones(height, width, dtype=world_to_camera.dtype, device=world_to_camera.device)
+    targets = depth_to_world_points(ones, intrinsics, world_to_camera)
+    origins = camera_centers(world_to_camera).expand(height, width, 3)
+    return origins, targets - origins
+
+
+def scale_intrinsics(intrinsics: torch.Tensor, scale_x: float, scale_y: float) -> torch.Tensor:
+    """Update intrinsics ``(..., 3, 3)`` for an image resized by ``scale_x`` x ``scale_y``.
+
+    Uses the same pixel-centre convention as :func:`pad_resize_intrinsics`.
+    """
+    updated = intrinsics.clone()
+    updated[..., 0, 0] = intrinsics[..., 0, 0] * scale_x
+    updated[..., 0, 1] = intrinsics[..., 0, 1] * scale_x
+    updated[..., 1, 1] = intrinsics[..., 1, 1] * scale_y
+    updated[..., 0, 2] = (intrinsics[..., 0, 2] + 0.5) * scale_x - 0.5
+    updated[..., 1, 2] = (intrinsics[..., 1, 2] + 0.5) * scale_y - 0.5
+    return updated
+
+
+def point_map_normals(points: torch.Tensor, camera_center: torch.Tensor) -> torch.Tensor:
+    """Estimate unit normals ``(H, W, 3)`` of a world point map ``(H, W, 3)`` from its image-space neighbours.
+
+    Normals are oriented towards ``camera_center`` (3,). Pixels whose
+    neighbours are invalid (NaN) get NaN normals.
+    """
+    right = torch.roll(points, -1, dims=1) - torch.roll(points, 1, dims=1)
+    down = torch.roll(points, -1, dims=0) - torch.roll(points, 1, dims=0)
+    normals = torch.linalg.cross(right, down)
+    normals = normals / torch.linalg.vector_norm(normals, dim=-1, keepdim=True)
+    towards = camera_center.to(points.dtype) - points
+    flip = (normals * towards).sum(dim=-1, keepdim=True) < 0
+    normals = torch.where(flip, -normals, normals)
+    normals[0, :] = float("nan")
+    normals[-1, :] = float("nan")
+    normals[:, 0] = float("nan")
+    normals[:, -1] = float("nan")
+    return normals
