@@ -5,9 +5,9 @@ Usage (from the repository root):
     python -m benchmarks.bench_pretraining image ../shared/data/redkitchen '*.color.jpg' OUT_DIR [--steps 300]
 
 Trains the small encoder (width 128, 4 blocks, 84/42-pixel crops, 2048 prototypes) with one
-PyTorch thread and one loader process, then prints steps per second (training only, start-up
-excluded), the first and last logged losses, the teacher's sample entropy and where the
-encoder and the loss-curve PNG were written.
+PyTorch thread and one loader process. Then it prints steps per second of training alone
+(start-up excluded), the first and last logged losses and the teacher's sample entropy, and
+where the encoder and the loss-curve PNG were written.
 """
 
 from __future__ import annotations

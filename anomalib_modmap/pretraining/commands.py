@@ -58,6 +58,8 @@ def _shared_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _run(modality: str, depth_normalization: str | None, in_chans: int, **kwargs: Any) -> None:
+    from lightning.pytorch.utilities import rank_zero_only
+
     from .crops import CropSettings
     from .module import PretrainConfig
     from .train import RunSettings, run_pretraining
@@ -105,7 +107,8 @@ def _run(modality: str, depth_normalization: str | None, in_chans: int, **kwargs
         run_pretraining(config, crops, settings)
     except (FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from error
-    click.echo(f"Encoder written to {out}; training state and loss_curves.png in {settings.checkpoint_dir}")
+    if rank_zero_only.rank == 0:
+        click.echo(f"Encoder written to {out}; training state and loss_curves.png in {settings.checkpoint_dir}")
 
 
 @click.command("pretrain-depth")

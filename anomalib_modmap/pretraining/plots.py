@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-LOSS_COLUMNS = ("loss", "dino", "ibot", "koleo")
+TOTAL_COLUMNS = ("loss", "koleo")
+PREDICTION_COLUMNS = ("dino", "ibot")
 ENTROPY_COLUMNS = ("teacher_marginal_entropy", "teacher_sample_entropy")
 
 
@@ -33,7 +34,7 @@ def plot_loss_curves(
     smoothing: int = 5,
     prototypes: int | None = None,
 ) -> Path:
-    """Plot the loss terms (left) and the teacher entropies (right) against the step; write a PNG to ``path``.
+    """Plot the loss terms and the teacher entropies against the step in three panels; write a PNG to ``path``.
 
     Thin lines are the logged values, thick lines their centred rolling mean over ``smoothing`` points.
     With ``prototypes`` given, a dashed line marks ``log K``: the DINO or iBOT loss of a student
@@ -41,8 +42,9 @@ def plot_loss_curves(
     start to differ between views.
     """
     metrics = read_metrics(log_dir)
-    figure, (loss_axis, entropy_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for axis, columns in ((loss_axis, LOSS_COLUMNS), (entropy_axis, ENTROPY_COLUMNS)):
+    figure, (total_axis, prediction_axis, entropy_axis) = plt.subplots(1, 3, figsize=(16, 4))
+    panels = ((total_axis, TOTAL_COLUMNS), (prediction_axis, PREDICTION_COLUMNS), (entropy_axis, ENTROPY_COLUMNS))
+    for axis, columns in panels:
         for column in columns:
             if column not in metrics.columns:
                 continue
@@ -52,12 +54,14 @@ def plot_loss_curves(
             axis.plot(series["step"], smooth, color=line.get_color(), linewidth=2, label=column)
         axis.set_xlabel("optimisation step")
         axis.grid(alpha=0.3)
-        axis.legend()
     if prototypes:
-        loss_axis.axhline(math.log(prototypes), color="gray", linestyle="--", linewidth=1, label="log K (uniform)")
-        loss_axis.legend()
-    loss_axis.set_ylabel("loss")
-    loss_axis.set_title(f"{title}: losses (koleo unweighted)")
+        prediction_axis.axhline(math.log(prototypes), color="gray", linestyle="--", linewidth=1, label="log K (uniform)")
+    for axis in (total_axis, prediction_axis, entropy_axis):
+        axis.legend()
+    total_axis.set_ylabel("loss")
+    total_axis.set_title(f"{title}: total loss, KoLeo (unweighted)")
+    prediction_axis.set_ylabel("cross-entropy")
+    prediction_axis.set_title("DINO (class token) and iBOT (masked patches)")
     entropy_axis.set_ylabel("entropy / log K")
     entropy_axis.set_ylim(0, 1.05)
     entropy_axis.set_title("centred teacher distribution")
