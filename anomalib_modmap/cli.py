@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from anomalib_modmap.demo import demo
 from anomalib_modmap.pretraining.commands import pretrain_depth, pretrain_image
 
 
@@ -12,6 +13,7 @@ def main() -> None:
     """Multi-view, multimodal 3D anomaly detection tools for anomalib."""
 
 
+main.add_command(demo)
 main.add_command(pretrain_depth)
 main.add_command(pretrain_image)
 
