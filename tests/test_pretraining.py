@@ -402,3 +402,21 @@ def test_register_tokens_round_trip(depth_folder: Path, tmp_path: Path):
     with torch.no_grad():
         assert torch.equal(backbone.forward_features(images), module.teacher["backbone"].forward_features(images))
     assert checkpoint.timm_kwargs["reg_tokens"] == 2
+
+
+def test_modmap_backbone_loads_export(tmp_path: Path):
+    from anomalib_modmap.backbones import create_encoder
+
+    torch.manual_seed(0)
+    module = DinoPretraining(tiny_config(reg_tokens=1))
+    path = module.export_encoder(tmp_path / "depth_encoder.ckpt")
+
+    encoder, metadata = create_encoder("dino_depth_vits14", weights=str(path))
+    images = torch.rand(2, 1, 28, 42)
+    with torch.no_grad():
+        tokens, grid = encoder(images)
+        expected = module.teacher["backbone"].forward_features(images)[:, module.prefix_tokens :]
+
+    assert grid == (4, 6)
+    assert torch.equal(tokens, expected)
+    assert metadata["depth_normalization"] == "max"
