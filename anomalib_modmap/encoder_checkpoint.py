@@ -102,23 +102,28 @@ def read_encoder_checkpoint(path: str | Path) -> EncoderCheckpoint:
 
     # weights_only=True: the file holds tensors, strings, numbers and dicts only.
     payload = torch.load(path, map_location="cpu", weights_only=True)
+    return parse_encoder_checkpoint(payload, str(path))
+
+
+def parse_encoder_checkpoint(payload: object, source: str) -> EncoderCheckpoint:
+    """Validate an already loaded checkpoint dictionary; ``source`` names it in error messages."""
     if not isinstance(payload, dict):
-        msg = f"Encoder checkpoint {path} contains a {type(payload).__name__}, expected a dictionary."
+        msg = f"Encoder checkpoint {source} contains a {type(payload).__name__}, expected a dictionary."
         raise ValueError(msg)
     missing = [key for key in _REQUIRED_KEYS if key not in payload]
     if missing:
         hint = " It looks like a Lightning checkpoint; export the encoder with the pretrain command." if (
             "state_dict" in payload and "format" not in payload
         ) else ""
-        msg = f"Encoder checkpoint {path} lacks the keys {missing}.{hint}"
+        msg = f"Encoder checkpoint {source} lacks the keys {missing}.{hint}"
         raise ValueError(msg)
     if payload["format"] != ENCODER_FORMAT:
-        msg = f"Encoder checkpoint {path} has format {payload['format']!r}; this version reads {ENCODER_FORMAT!r}."
+        msg = f"Encoder checkpoint {source} has format {payload['format']!r}; this version reads {ENCODER_FORMAT!r}."
         raise ValueError(msg)
 
     modality = payload["modality"]
     depth_normalization = payload.get("depth_normalization")
-    _check_modality(modality, depth_normalization, source=str(path))
+    _check_modality(modality, depth_normalization, source=source)
 
     known = set(_REQUIRED_KEYS) | {"depth_normalization"}
     return EncoderCheckpoint(

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from timm.layers import resample_abs_pos_embed
 
+from anomalib_modmap.encoder_checkpoint import ENCODER_FORMAT, parse_encoder_checkpoint
+
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ENCODER_CHECKPOINT_FORMAT = "anomalib-modmap-encoder/1"
+ENCODER_CHECKPOINT_FORMAT = ENCODER_FORMAT
 WEIGHTS_DIR_ENV = "MODMAP_WEIGHTS_DIR"
 ALLOW_DOWNLOAD_ENV = "MODMAP_ALLOW_DOWNLOAD"
 
@@ -158,11 +160,14 @@ def read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         raise EncoderWeightsError(msg)
 
     if "format" in content:
-        if content["format"] != ENCODER_CHECKPOINT_FORMAT:
-            msg = f"Encoder checkpoint {path} has format {content['format']!r}; this version reads {ENCODER_CHECKPOINT_FORMAT!r}."
-            raise EncoderWeightsError(msg)
-        metadata = {key: content[key] for key in ("modality", "timm_name", "timm_kwargs", "depth_normalization") if key in content}
-        return dict(content["state_dict"]), metadata
+        try:
+            checkpoint = parse_encoder_checkpoint(content, str(path))
+        except ValueError as error:
+            raise EncoderWeightsError(str(error)) from error
+        metadata = {"modality": checkpoint.modality, "timm_name": checkpoint.timm_name, "timm_kwargs": checkpoint.timm_kwargs}
+        if checkpoint.depth_normalization is not None:
+            metadata["depth_normalization"] = checkpoint.depth_normalization
+        return dict(checkpoint.state_dict), metadata
 
     for key in ("model", "state_dict"):
         if key in content and isinstance(content[key], dict):
