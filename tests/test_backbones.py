@@ -12,6 +12,8 @@ from anomalib_modmap.backbones import (
     EncoderWeightsError,
     convert_dinov2_state_dict,
     create_encoder,
+    get_encoder_config,
+    resolve_weights,
 )
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 56}
@@ -224,6 +226,33 @@ def test_missing_pretrained_weights_explain_the_fix():
 
     with pytest.raises(EncoderWeightsError, match="dino_depth_vits14.pth"):
         create_encoder("dino_depth_vits14", weights="pretrained")
+
+
+def test_depth_encoder_ignores_image_weights_in_hub_cache(tmp_path, monkeypatch):
+    """timm's cached vit_small_patch14_dinov2 is a 3-channel image model, never DINO-Depth weights."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    # huggingface_hub reads HF_HUB_CACHE once at import, so point its constant at the empty cache.
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+    image_model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, **TINY)
+    snapshot = tmp_path / "hf-cache" / "models--timm--vit_small_patch14_dinov2.lvd142m" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    save_file(image_model.state_dict(), str(snapshot / "model.safetensors"))
+    refs = snapshot.parents[1] / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("abc")
+
+    # The image encoder of the same architecture does find the cached file.
+    assert resolve_weights(get_encoder_config("dinov2_vits14", "image"), "pretrained") == snapshot / "model.safetensors"
+
+    with pytest.raises(EncoderWeightsError) as error:
+        resolve_weights(get_encoder_config("dino_depth_vits14", "depth"), "pretrained")
+    message = str(error.value)
+    assert "dino_depth_vits14.pth" in message
+    assert "modmap pretrain-depth" in message
+    assert "Hugging Face" not in message
 
 
 def test_missing_weights_path_is_named(tmp_path):

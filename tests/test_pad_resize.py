@@ -65,4 +65,5 @@ def test_mask_resize_keeps_dtype_and_values():
     resized = pad_resize_mask(mask, 128)
     assert resized.dtype == torch.bool
     assert resized.shape == (3, 128, 128)
-    assert resized.float().mean() == pytest.approx(mask.float().sum() / (3 * WIDTH * WIDTH), rel=0.05)
+    expected_fraction = float(mask.float().sum()) / (3 * WIDTH * WIDTH)
+    assert float(resized.float().mean()) == pytest.approx(expected_fraction, rel=0.05)

@@ -91,7 +91,10 @@ def _find_pretrained(config: EncoderConfig) -> Path:
             logger.info("Encoder %s: loading weights from %s", config.name, candidate)
             return candidate
 
-    hf_hub_id = config.hf_hub_id or _timm_hf_hub_id(config.timm_name)
+    # timm's Hub copies are 3-channel image weights: a 1-channel encoder never falls back to them.
+    hf_hub_id = config.hf_hub_id
+    if hf_hub_id is None and config.timm_kwargs.get("in_chans", 3) == 3:
+        hf_hub_id = _timm_hf_hub_id(config.timm_name)
     if hf_hub_id:
         cached = _hf_cached_file(hf_hub_id)
         if cached is not None:
@@ -111,7 +114,7 @@ def _missing_weights_message(config: EncoderConfig, filename: str, searched: lis
     if config.weights_url:
         lines.append(f"Download {config.weights_url}")
     elif config.modality == "depth":
-        lines.append("Train it with this project's depth-encoder pretraining, which writes an encoder checkpoint,")
+        lines.append("Train it with `modmap pretrain-depth --data DEPTH_FOLDER --out dino_depth_vits14.pth`,")
     destination = f"${WEIGHTS_DIR_ENV}/{filename}" if os.environ.get(WEIGHTS_DIR_ENV) else f"a folder named by {WEIGHTS_DIR_ENV} (as {filename})"
     lines.append(f"and put it in {destination}, or point {config.env_var} at the file, or pass its path as the weights argument.")
     if hf_hub_id:
