@@ -27,7 +27,7 @@ def test_gpu_check_smoke_mode_runs_on_cpu():
     assert output.count("| PASS |") + output.count("| FAIL |") + output.count("not evaluated") + output.count("not measured") >= 5
 
 
-def test_loop_matches_batched_pairing_and_check_catches_a_difference(monkeypatch):
+def test_loop_check_catches_difference(monkeypatch):
     from benchmarks import modmap_timing as mt
 
     args = dict(zip(("image_encoder", "depth_encoder", "cfm_encoder"), TINY[1::2], strict=True))
