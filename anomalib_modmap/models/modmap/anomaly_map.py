@@ -33,10 +33,11 @@ def clean_foreground(valid: torch.Tensor) -> torch.Tensor:
 
     Each view's mask goes through a 3x3 binary opening (pixels outside the
     image count as invalid), which removes isolated valid pixels and thin
-    bridges, and then keeps only its largest 8-connected component (the first
-    in raster order on a tie). A view without valid pixels stays empty.
+    bridges, and then keeps only its largest 8-connected component (on a tie,
+    the one OpenCV numbers first). A view without valid pixels stays empty.
     The work runs on the CPU with OpenCV, about three times faster than
-    ``scipy.ndimage`` for 896 x 896 views, with the same result.
+    ``scipy.ndimage`` for 896 x 896 views (measured on a 2-core CPU).
+    The tests check that it gives the same masks as ``scipy.ndimage``.
     """
     masks = valid.detach().bool().cpu().numpy().astype(np.uint8)
     kernel = np.ones((3, 3), dtype=np.uint8)
