@@ -5,7 +5,9 @@
 runs at start-up. The hook only watches the import system: once
 ``anomalib.data``, ``anomalib.models`` or ``anomalib.cli`` has finished
 importing, it calls :func:`anomalib_modmap.registration.on_module_loaded`,
-which makes short names such as ``SiM3D`` visible to anomalib. A process that
+which makes short names such as ``SiM3D`` visible to anomalib. The project's
+own ``sim3d_datamodule.datamodule`` and ``anomalib_modmap.models`` trigger it
+too, for processes that import them before anomalib. A process that
 never imports anomalib pays for one small module and one set lookup per import.
 """
 
@@ -13,7 +15,11 @@ from __future__ import annotations
 
 import sys
 
-TRIGGER_MODULES = frozenset({"anomalib.data", "anomalib.models", "anomalib.cli"})
+# anomalib's modules that resolve short names, and the project's modules that
+# define the classes: whichever side finishes importing last triggers registration.
+TRIGGER_MODULES = frozenset(
+    {"anomalib.data", "anomalib.models", "anomalib.cli", "sim3d_datamodule.datamodule", "anomalib_modmap.models"},
+)
 
 
 class _RegisteringLoader:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from anomalib_modmap.demo import demo
+from anomalib_modmap.pretraining.commands import pretrain_depth, pretrain_image
 
 
 @click.group(name="modmap")
@@ -13,6 +14,8 @@ def main() -> None:
 
 
 main.add_command(demo)
+main.add_command(pretrain_depth)
+main.add_command(pretrain_image)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ DATAMODULES: dict[str, str] = {"SiM3D": "sim3d_datamodule.datamodule"}
 # Models are registered only when their module imports: a model added later needs one line here.
 MODELS: dict[str, str] = {"Modmap": "anomalib_modmap.models"}
 
+# Modules whose code has run to the end. Python still marks a module as
+# importing while the start-up hook runs right after its last line.
+_EXECUTED: set[str] = set()
+
 
 def _load(name: str, module_path: str) -> type | None:
     """Import ``module_path`` and return its attribute ``name``; ``None`` when the module does not exist yet."""
@@ -38,10 +42,26 @@ def _load(name: str, module_path: str) -> type | None:
             logger.debug("Skipping %s: module %s is not available.", name, module_path)
             return None
         raise
+    if module_path not in _EXECUTED and _is_initializing(module):
+        # The project module is importing anomalib right now; the hook registers
+        # the class once that module finishes.
+        logger.debug("Deferring %s: module %s is still importing.", name, module_path)
+        return None
     if not hasattr(module, name):
         warnings.warn(f"anomalib-modmap: module {module_path} has no class {name}; it is not registered with anomalib.", stacklevel=3)
         return None
     return getattr(module, name)
+
+
+def _is_initializing(module: object) -> bool:
+    """Return whether ``module`` is part-way through its first import."""
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def _loaded(module_name: str) -> bool:
+    """Return whether ``module_name`` has finished importing in this process."""
+    module = sys.modules.get(module_name)
+    return module is not None and (module_name in _EXECUTED or not _is_initializing(module))
 
 
 def _export(module: object, name: str, cls: type) -> None:
@@ -83,11 +103,17 @@ def register() -> list[str]:
 
 
 def on_module_loaded(module_name: str) -> None:
-    """Register what ``module_name`` (``anomalib.data``, ``anomalib.models`` or ``anomalib.cli``) needs.
+    """Register what ``module_name`` needs once it has finished importing.
+
+    ``anomalib.data``, ``anomalib.models`` and ``anomalib.cli`` register the
+    project's classes into themselves. The project's own
+    ``sim3d_datamodule.datamodule`` and ``anomalib_modmap.models`` register
+    their classes into whichever of those anomalib modules is already loaded.
 
     Errors are turned into warnings, because an exception here would break
     the import of anomalib itself.
     """
+    _EXECUTED.add(module_name)
     try:
         if module_name == "anomalib.data":
             register_datamodules()
@@ -95,7 +121,11 @@ def on_module_loaded(module_name: str) -> None:
             register_models()
         elif module_name == "anomalib.cli":
             register_datamodules()
-            if "anomalib.models" in sys.modules:
+            if _loaded("anomalib.models"):
                 register_models()
+        elif module_name in DATAMODULES.values() and _loaded("anomalib.data"):
+            register_datamodules()
+        elif module_name in MODELS.values() and _loaded("anomalib.models"):
+            register_models()
     except Exception as error:  # noqa: BLE001 - must not break anomalib's import
         warnings.warn(f"anomalib-modmap could not register its classes with anomalib after importing {module_name}: {error!r}", stacklevel=2)

@@ -86,3 +86,28 @@ def test_anomalib_cli_resolves_sim3d(installed_hook, sim3d_root, data):
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"class_path: sim3d_datamodule(\.datamodule)?\.SiM3D\n", result.stdout), result.stdout[-3000:]
     assert "image_size: 32" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "check"),
+    [
+        ("import anomalib_modmap.models", "import anomalib.models as target", "target.Modmap.__name__ == 'Modmap'"),
+        ("import sim3d_datamodule.datamodule", "import anomalib.data as target", "target.SiM3D.__name__ == 'SiM3D'"),
+        ("import anomalib.models", "import anomalib_modmap.models; import anomalib.models as target", "'anomalib_modmap.models' in target.ALLOWED_MODULES"),
+    ],
+)
+def test_hook_registers_in_any_import_order(first, then, check):
+    """A project module that imports anomalib part-way through its own import is registered once it finishes."""
+    result = _run_python(
+        f"""
+        import warnings
+        warnings.simplefilter("error", UserWarning)
+        from anomalib_modmap import _startup_hook
+        _startup_hook.install()
+        {first}
+        {then}
+        print({check})
+        """,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-1] == "True"
