@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,6 +161,36 @@ def test_foreground_keeps_largest_component_after_opening():
     assert not foreground[0, 15:18, 15:18].any()
     assert not foreground[0, 0, 19]
     assert int(foreground.sum()) == 100
+
+
+def _scipy_foreground(valid):
+    """Reference cleaning with scipy.ndimage: 3x3 opening, then the largest 8-connected component."""
+    from scipy import ndimage
+
+    structure = np.ones((3, 3), dtype=bool)
+    cleaned = np.zeros(valid.shape, dtype=bool)
+    for index, mask in enumerate(valid.numpy()):
+        labels, count = ndimage.label(ndimage.binary_opening(mask, structure=structure), structure=structure)
+        if count:
+            sizes = np.bincount(labels.ravel())
+            sizes[0] = 0
+            cleaned[index] = labels == int(sizes.argmax())
+    return torch.from_numpy(cleaned)
+
+
+def test_foreground_matches_scipy_on_speckled_masks():
+    generator = torch.Generator().manual_seed(0)
+    rows, cols = torch.meshgrid(torch.arange(96), torch.arange(96), indexing="ij")
+    valid = ((rows - 40) ** 2 + (cols - 50) ** 2 < 30**2).expand(5, -1, -1).clone()
+    valid[1:, :, :4] = True  # a valid band on the image border
+    valid[2, 60:, 60:] = True  # a second large component
+    valid ^= torch.rand(valid.shape, generator=generator) < 0.08
+    valid[4] = False  # an empty view
+    foreground = clean_foreground(valid)
+    reference = _scipy_foreground(valid)
+    assert foreground.dtype == torch.bool
+    assert foreground[:4].sum() > 0
+    assert torch.equal(foreground, reference)
 
 
 def test_anomaly_map_upsamples_token_grid():
