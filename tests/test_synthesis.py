@@ -270,6 +270,25 @@ def test_render_from_cameras_json(tmp_path):
     assert (synth / "DEPTH" / "top_depth.exr").is_file()
 
 
+def test_render_names_views_without_surface(tmp_path):
+    from sim3d_datamodule.synthesis.mesh_category import render_mesh_category
+
+    # A vertical triangle in the x-z plane: a level ring sees it face-on from two sides and edge-on from two.
+    corners = np.array([[-0.1, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.0, 0.1]])
+    triangle = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(corners), o3d.utility.Vector3iVector(np.array([[0, 1, 2]])))
+    mesh_path = tmp_path / "triangle.ply"
+    o3d.io.write_triangle_mesh(str(mesh_path), triangle)
+    with pytest.raises(ValueError, match="views see no surface") as raised:
+        render_mesh_category(mesh_path, tmp_path / "out", "tri", views=4, units="m", size=(40, 30), elevation=0.0, progress=False)
+    message = str(raised.value)
+    assert "2 of 4 views" in message
+    assert "C01, C03" in message
+    assert "triangle.ply" in message
+    assert "--up" in message
+    assert "--units" in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_load_mesh_rejects_point_cloud(tmp_path):
     from sim3d_datamodule.synthesis.render import load_mesh
 
