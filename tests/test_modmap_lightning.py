@@ -134,8 +134,16 @@ def test_view_subset_skips_other_views(tmp_path):
 
 def test_unknown_view_subset_is_rejected(tmp_path):
     model = _model(views=[9])
-    with pytest.raises(ValueError, match="requested views \\[9\\]"):
+    with pytest.raises(ValueError, match=r"view indices \[9\]"):
         _trainer(tmp_path).predict(model, _loader(_batch("test")))
+
+
+def test_partly_unknown_view_subset_is_rejected(tmp_path):
+    model = _model(views=[0, 5])
+    with pytest.raises(ValueError, match=r"Requested view indices \[5\]") as raised:
+        _trainer(tmp_path).predict(model, _loader(_batch("test")))
+    assert "[0, 1, 2, 3]" in str(raised.value)
+    assert "'test'" in str(raised.value)
 
 
 def test_checkpoint_reload_gives_same_maps(tmp_path):

@@ -342,10 +342,15 @@ class Modmap(AnomalibModule):
         views = batch.view_index[index].to(self.device)
         if self.views is None:
             return torch.arange(views.shape[0], device=self.device)
-        keep = torch.isin(views, torch.tensor(self.views, device=self.device))
-        if not keep.any():
-            msg = f"None of the requested views {self.views} is among the instance's views {views.tolist()}."
+        available = views.tolist()
+        missing = [view for view in self.views if view not in available]
+        if missing:
+            msg = (
+                f"Requested view indices {missing} (of views={self.views}) do not exist in instance "
+                f"'{_instance_name(batch, index)}', whose view indices are {available}. Remove them from --model.views."
+            )
             raise ValueError(msg)
+        keep = torch.isin(views, torch.tensor(self.views, device=self.device))
         return keep.nonzero()[:, 0]
 
     def _extract(self, batch: Any, index: int, positions: torch.Tensor | None = None) -> ViewFeatures:  # noqa: ANN401
