@@ -179,6 +179,23 @@ def test_reload_with_other_encoder_weights_warns(tmp_path, caplog):
     assert "encoder weights differ" in caplog.text
 
 
+def test_checkpoint_with_other_architecture_names_flags(tmp_path):
+    model = _model()
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, _loader(_batch("train")))
+    path = tmp_path / "modmap.ckpt"
+    trainer.save_checkpoint(path)
+
+    other = _model(image_encoder_kwargs={**TINY, "embed_dim": 48}, max_views=8)
+    with pytest.raises(ValueError, match="trained with") as raised:
+        _trainer(tmp_path).predict(other, _loader(_batch("test")), ckpt_path=path)
+    message = str(raised.value)
+    assert "image_encoder_kwargs" in message
+    assert "--model.max_views 64" in message
+    assert '"embed_dim": 32' in message
+    assert "depth_encoder_kwargs" not in message
+
+
 def test_cpu_runs_without_autocast():
     model = _model()
     with model._autocast():

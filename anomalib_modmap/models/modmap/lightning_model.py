@@ -8,8 +8,10 @@ Batches are multi-view batches (``sim3d_datamodule.items.MultiViewBatch``):
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +34,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _ENCODER_PREFIXES = ("model.image_encoder.", "model.depth_encoder.")
+# Constructor arguments that fix the encoders' features or the mappers' shapes: a checkpoint's mapper weights
+# only fit a model built with the same values.
+_ARCHITECTURE_ARGUMENTS = (
+    "image_encoder",
+    "depth_encoder",
+    "image_encoder_kwargs",
+    "depth_encoder_kwargs",
+    "image_num_blocks",
+    "depth_num_blocks",
+    "final_norm",
+    "max_views",
+)
 
 
 class Modmap(AnomalibModule):
@@ -413,8 +427,14 @@ class Modmap(AnomalibModule):
             checkpoint["modmap_scheduler"] = self._scheduler.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Put the freshly built encoders into the checkpoint's state and restore the schedule."""
+        """Check the architecture arguments, put the freshly built encoders into the checkpoint's state and restore the schedule.
+
+        Raises:
+            ValueError: if an argument that shapes the encoders or mappers differs
+                from the one the checkpoint was trained with.
+        """
         super().on_load_checkpoint(checkpoint)
+        self._check_architecture_arguments(checkpoint)
         state_dict = checkpoint.setdefault("state_dict", {})
         for key, value in self.state_dict().items():
             if key.startswith(_ENCODER_PREFIXES) and key not in state_dict:
@@ -430,6 +450,25 @@ class Modmap(AnomalibModule):
             )
         self._scheduler_state = checkpoint.get("modmap_scheduler")
 
+    def _check_architecture_arguments(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters") or {}
+        differing = [
+            name
+            for name in _ARCHITECTURE_ARGUMENTS
+            if name in saved and name in self.hparams and saved[name] != self.hparams[name]
+        ]
+        if not differing:
+            return
+        trained = ", ".join(f"{name}={saved[name]!r}" for name in differing)
+        current = ", ".join(f"{name}={self.hparams[name]!r}" for name in differing)
+        flags = " ".join(f"--model.{name} {_flag_value(saved[name])}" for name in differing)
+        msg = (
+            f"The checkpoint was trained with {trained}, but this model was built with {current}. "
+            f"Build the model with the training arguments: pass {flags} (anomalib test and predict need the same "
+            "model arguments as training)."
+        )
+        raise ValueError(msg)
+
     def _encoder_checksums(self) -> dict[str, float]:
         """Return the float64 sum of every encoder's parameters, rounded to 6 significant digits."""
         checksums = {}
@@ -438,6 +477,13 @@ class Modmap(AnomalibModule):
             total = sum(float(tensor.double().sum()) for tensor in encoder.state_dict().values())
             checksums[name] = float(f"{total:.6g}")
         return checksums
+
+
+def _flag_value(value: Any) -> str:  # noqa: ANN401
+    """Format ``value`` as a shell word for an anomalib CLI flag (JSON for lists, dicts and None)."""
+    if isinstance(value, str):
+        return value
+    return shlex.quote(json.dumps(value))
 
 
 def _batch_size(batch: Any) -> int:  # noqa: ANN401
