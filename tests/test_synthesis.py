@@ -241,6 +241,28 @@ def test_make_demo_cli_writes_category(tmp_path):
     assert np.load(folder / "demo_vase_bad_01" / "gt" / "anomaly_volume.npz")["anomalous"].any()
 
 
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [(["--defect-size", "-1"], "--defect-size"), (["--nominal", "0", "--anomalous", "0"], "at least one test instance")],
+)
+def test_make_demo_cli_rejects_bad_sizes(tmp_path, arguments, expected):
+    from click.testing import CliRunner
+
+    from sim3d_datamodule.cli import main
+
+    result = CliRunner().invoke(main, ["make-demo", "--out", str(tmp_path), *arguments])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert not (tmp_path / "demo_stool").exists()
+
+
+def test_demo_rejects_category_without_test_instances(tmp_path):
+    with pytest.raises(ValueError, match="at least one test instance"):
+        make_demo_dataset(tmp_path, nominal=0, anomalous=0, progress=False)
+    with pytest.raises(ValueError, match="defect_size=-1"):
+        make_demo_dataset(tmp_path, defect_size=-1.0, progress=False)
+
+
 def test_demo_same_seed_same_files(tmp_path):
     settings = {"views": 2, "image_size": 48, "nominal": 0, "anomalous": 1, "progress": False}
     first = make_demo_dataset(tmp_path / "a", "demo_vase", seed=3, **settings)
