@@ -61,6 +61,13 @@ def _fail(path: PathLike, problem: str, fix: str) -> SiM3DFormatError:
     return SiM3DFormatError(f"{path}: {problem}. {fix}")
 
 
+def _numpy_load_problem(error: Exception) -> str:
+    """Describe a ``numpy.load`` failure without numpy's advice to enable ``allow_pickle``, which would run untrusted code."""
+    if "pickle" in str(error):
+        return "not a numeric NumPy array: the file is not in .npy/.npz format or stores Python objects"
+    return str(error)
+
+
 def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(array, torch.Tensor):
         return array.detach().cpu().numpy()
@@ -164,7 +171,7 @@ def read_depth_npy(path: PathLike, depth_scale: float = 1.0) -> tuple[torch.Tens
     try:
         raw = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
-        raise _fail(path, f"depth map is unreadable or truncated ({error})", "Re-save it with numpy.save") from error
+        raise _fail(path, f"depth map is unreadable or truncated ({_numpy_load_problem(error)})", "Re-save it with numpy.save") from error
 
     if raw.ndim == 3 and raw.shape[-1] == 1:
         raw = raw[..., 0]
@@ -469,7 +476,7 @@ def read_ground_truth(path: PathLike) -> VoxelGrid:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         if isinstance(error, SiM3DFormatError):
             raise
-        raise _fail(path, f"ground truth is unreadable or truncated ({error})", "Re-save it with numpy.savez") from error
+        raise _fail(path, f"ground truth is unreadable or truncated ({_numpy_load_problem(error)})", "Re-save it with numpy.savez") from error
 
     origin, voxel_size = arrays["origin"], arrays["voxel_size"]
     coords, anomalous = arrays["coords"], arrays["anomalous"]

@@ -151,8 +151,20 @@ def test_truncated_npy_raises(tmp_path):
 
 def test_pickled_npy_raises(tmp_path):
     np.save(tmp_path / "C01.npy", np.array([{"depth": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(SiM3DFormatError, match="unreadable"):
+    with pytest.raises(SiM3DFormatError, match="unreadable") as raised:
         io.read_depth_npy(tmp_path / "C01.npy")
+    assert "allow_pickle" not in str(raised.value)
+
+
+@pytest.mark.parametrize("name", ["C01.npy", "anomaly_volume.npz"])
+def test_garbage_numpy_file_message_is_ours(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"garbage bytes, not numpy")
+    reader = io.read_depth_npy if name.endswith(".npy") else io.read_ground_truth
+    with pytest.raises(SiM3DFormatError, match="not a numeric NumPy array") as raised:
+        reader(path)
+    assert "allow_pickle" not in str(raised.value)
+    assert name in str(raised.value)
 
 
 def test_truncated_exr_raises(tmp_path):
