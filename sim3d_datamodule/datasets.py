@@ -322,6 +322,8 @@ class SiM3DViewDataset(_SiM3DDatasetBase):
                 raise SiM3DFormatError(msg)
             for position in self.view_indices:
                 view = instance.views[position]
+                # NOTE: image_path is the real file, which anomalib's ImageVisualizer also uses to name its
+                # output. Unique names need a folder named SiM3D in the root's path; the datamodule warns otherwise.
                 rows.append(
                     {
                         "image_path": str(view.image_path),
