@@ -196,6 +196,40 @@ def test_checkpoint_with_other_architecture_names_flags(tmp_path):
     assert "depth_encoder_kwargs" not in message
 
 
+def test_overlay_range_fixed_by_training_scores(tmp_path):
+    model = _model()
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, _loader(_batch("train")))
+    low, high = model.overlay_score_range
+    features = next(iter(model._feature_cache.values()))
+    with torch.no_grad():
+        training_scores = model.model.anomaly_maps(features)[features.foreground]
+    assert low == 0.0
+    assert 0.0 < high <= float(training_scores.max())
+    assert high >= float(training_scores.median())
+
+    path = tmp_path / "modmap.ckpt"
+    trainer.save_checkpoint(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not meaningful.*")
+        reloaded = Modmap.load_from_checkpoint(path, evaluator=False)
+    assert reloaded.overlay_score_range == pytest.approx((low, high))
+
+
+def test_exports_use_overlay_range(tmp_path, monkeypatch):
+    import anomalib_modmap.volume as volume_module
+
+    model = _model()
+    model.overlay_score_range = (0.0, 0.25)
+    ranges = []
+    monkeypatch.setattr(volume_module, "export_anomaly_volume", lambda *args, **kwargs: ranges.append(kwargs["score_range"]))
+    features = model._extract(_batch("test"), 0)
+    maps = model.model.anomaly_maps(features).float()
+    model.trainer = _trainer(tmp_path)
+    model._export(_batch("test"), 0, torch.arange(NUM_VIEWS), maps, features, None)
+    assert ranges == [(0.0, 0.25)]
+
+
 def test_cpu_runs_without_autocast():
     model = _model()
     with model._autocast():

@@ -15,6 +15,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from anomalib import LearningType
 from anomalib.metrics import Evaluator
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _ENCODER_PREFIXES = ("model.image_encoder.", "model.depth_encoder.")
+# Percentile of the training instances' foreground pixel scores that sets the top of the overlay colour scale.
+OVERLAY_SCORE_PERCENTILE = 99.9
 # Constructor arguments that fix the encoders' features or the mappers' shapes: a checkpoint's mapper weights
 # only fit a model built with the same values.
 _ARCHITECTURE_ARGUMENTS = (
@@ -176,6 +179,9 @@ class Modmap(AnomalibModule):
         self._feature_cache: dict[tuple[str, tuple[int, ...]], ViewFeatures] = {}
         self._scheduler: OneCycleLR | None = None
         self._scheduler_state: dict[str, Any] | None = None
+        # Colour scale (low, high) shared by every exported overlay and point cloud; see _training_score_range.
+        self.overlay_score_range: tuple[float, float] | None = None
+        self._overlay_range_step: int | None = None
 
     # anomalib component defaults ------------------------------------------------------------
 
@@ -261,6 +267,34 @@ class Modmap(AnomalibModule):
     def on_fit_start(self) -> None:
         """Drop features cached by an earlier fit."""
         self._feature_cache.clear()
+
+    def on_train_end(self) -> None:
+        """Fix the overlay colour scale from the trained mappers' scores on the training instances."""
+        self._update_overlay_score_range()
+
+    def _update_overlay_score_range(self) -> None:
+        """Set ``overlay_score_range`` to ``(0, p)``, ``p`` the 99.9th percentile of the training instances' scores.
+
+        The scores are the anomaly maps of the cached training instances over their
+        foreground pixels. Exports then share one colour scale across instances,
+        so a nominal instance shows red only where it scores above nearly every
+        training pixel. Nothing changes when no training features are cached.
+        """
+        if not self._feature_cache or self._overlay_range_step == self.global_step:
+            return
+        scores = []
+        with torch.no_grad():
+            for features in self._feature_cache.values():
+                with self._autocast():
+                    maps = self.model.anomaly_maps(features).float()
+                scores.append(maps[features.foreground.to(maps.device)].cpu().numpy())
+        values = np.concatenate(scores) if scores else np.empty(0)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return
+        high = float(np.percentile(values, OVERLAY_SCORE_PERCENTILE))
+        self.overlay_score_range = (0.0, high if high > 0 else 1.0)
+        self._overlay_range_step = self.global_step
 
     def training_step(self, batch: Any, batch_idx: int) -> STEP_OUTPUT:  # noqa: ANN401
         """Run one epoch's share of view pairs for every instance of ``batch``.
@@ -401,6 +435,7 @@ class Modmap(AnomalibModule):
             anomaly_maps=maps.cpu(),
             valid=features.foreground.cpu(),
             view_names=_view_names(batch, index, positions),
+            score_range=self.overlay_score_range,
         )
 
     def _autocast(self) -> torch.autocast:
@@ -423,6 +458,9 @@ class Modmap(AnomalibModule):
         for key in [key for key in state_dict if key.startswith(_ENCODER_PREFIXES)]:
             del state_dict[key]
         checkpoint["modmap_encoder_checksums"] = self._encoder_checksums()
+        self._update_overlay_score_range()
+        if self.overlay_score_range is not None:
+            checkpoint["modmap_overlay_score_range"] = list(self.overlay_score_range)
         if self._scheduler is not None:
             checkpoint["modmap_scheduler"] = self._scheduler.state_dict()
 
@@ -449,6 +487,8 @@ class Modmap(AnomalibModule):
                 current,
             )
         self._scheduler_state = checkpoint.get("modmap_scheduler")
+        stored_range = checkpoint.get("modmap_overlay_score_range")
+        self.overlay_score_range = None if stored_range is None else (float(stored_range[0]), float(stored_range[1]))
 
     def _check_architecture_arguments(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("hyper_parameters") or {}
