@@ -78,6 +78,38 @@ def _gray_views(images: torch.Tensor) -> np.ndarray:
     return ((gray - low) / (high - low).clamp_min(1e-12)).numpy()
 
 
+COLORBAR_WIDTH = 64
+COLORBAR_MIN_HEIGHT = 96
+
+
+def render_colorbar(score_range: tuple[float, float], height: int, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
+    """Draw a vertical colour bar labelled with the scores at its ends and middle; return ``(height, 64, 3)`` uint8 RGB.
+
+    ``height`` is at least 96 pixels, so that the labels stay readable beside small images.
+    """
+    from matplotlib import colormaps  # noqa: PLC0415 - keep matplotlib out of metric-only imports.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.cm import ScalarMappable  # noqa: PLC0415
+    from matplotlib.colors import Normalize  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    height = max(int(height), COLORBAR_MIN_HEIGHT)
+    low, high = score_range
+    dpi = 100
+    figure = Figure(figsize=(COLORBAR_WIDTH / dpi, height / dpi), dpi=dpi, facecolor="black")
+    canvas = FigureCanvasAgg(figure)
+    margin = 6 / height
+    axes = figure.add_axes((0.08, margin, 0.2, 1.0 - 2 * margin))
+    bar = figure.colorbar(ScalarMappable(norm=Normalize(low, high if high > low else low + 1e-12), cmap=colormaps[colormap]), cax=axes)
+    bar.set_ticks([low, (low + high) / 2, high])
+    bar.ax.tick_params(labelsize=7, colors="white", length=2, pad=1)
+    bar.ax.set_yticklabels([f"{value:.3g}" for value in (low, (low + high) / 2, high)])
+    bar.outline.set_edgecolor("white")
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    return np.ascontiguousarray(rgba[:height, :COLORBAR_WIDTH, :3])
+
+
 def save_view_overlays(
     folder: str | Path,
     images: torch.Tensor,
@@ -87,6 +119,7 @@ def save_view_overlays(
     score_range: tuple[float, float] | None = None,
     colormap: str = DEFAULT_COLORMAP,
     alpha: float = DEFAULT_OVERLAY_ALPHA,
+    colorbar: bool = True,
 ) -> list[Path]:
     """Write one heatmap overlay PNG per view into ``folder``.
 
@@ -94,7 +127,10 @@ def save_view_overlays(
     anomaly map: ``(1 - alpha) * gray + alpha * heat``. Pixels where ``valid``
     is false (background, invalid depth) show the gray image only. All views
     share one ``score_range`` so that their colours compare. By default it is
-    the minimum and maximum of the maps over the valid pixels.
+    the minimum and maximum of the maps over the valid pixels. With ``colorbar``,
+    a 64-pixel-wide colour bar labelled with the range is added right of the
+    view (the overlay keeps its pixels at the top left; a short view is padded
+    with black below, up to the bar's 96-pixel minimum height).
 
     Args:
         folder: output folder, created if missing.
@@ -105,6 +141,7 @@ def save_view_overlays(
         score_range: ``(low, high)`` scores mapped to the ends of the colormap.
         colormap: matplotlib colormap name, default ``"jet"``.
         alpha: weight of the heatmap in the blend, in [0, 1].
+        colorbar: add the labelled colour bar beside each view.
 
     Returns:
         The paths written, one per view.
@@ -135,12 +172,24 @@ def save_view_overlays(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    bar = render_colorbar(score_range, gray.shape[1], colormap) if colorbar else None
     paths = []
     for view in range(num_views):
         heat = colorize_scores(maps[view], score_range=score_range, colormap=colormap).astype(np.float64)
         base = np.repeat(gray[view][..., None] * 255.0, 3, axis=-1)
-        blended = np.where(mask[view][..., None], (1.0 - alpha) * base + alpha * heat, base)
+        blended = np.round(np.where(mask[view][..., None], (1.0 - alpha) * base + alpha * heat, base)).astype(np.uint8)
+        if bar is not None:
+            blended = _append_colorbar(blended, bar)
         path = folder / f"{names[view]}.png"
-        Image.fromarray(np.round(blended).astype(np.uint8)).save(path)
+        Image.fromarray(blended).save(path)
         paths.append(path)
     return paths
+
+
+def _append_colorbar(image: np.ndarray, bar: np.ndarray) -> np.ndarray:
+    """Place ``bar`` right of ``image`` (both uint8 RGB), padding the shorter one with black below."""
+    height = max(image.shape[0], bar.shape[0])
+    canvas = np.zeros((height, image.shape[1] + bar.shape[1], 3), dtype=np.uint8)
+    canvas[: image.shape[0], : image.shape[1]] = image
+    canvas[: bar.shape[0], image.shape[1] :] = bar
+    return canvas

@@ -85,16 +85,19 @@ def render(mesh_path, out, category, views, rig, cameras_path, units, size_text,
 @click.option("--nominal", type=int, default=4, show_default=True, help="Nominal test instances.")
 @click.option("--anomalous", type=int, default=4, show_default=True, help="Anomalous test instances.")
 @click.option("--kind", "kinds", type=KIND_CHOICE, multiple=True, help="Defect kinds to use in turn (repeat); default all.")
-@click.option("--defect-size", type=float, default=0.1, show_default=True, help="Defect radius as a fraction of the object's bounding radius.")
-@click.option("--severity", type=float, default=1.0, show_default=True, help="Defect depth and contrast multiplier.")
+@click.option("--defect-size", type=click.FloatRange(min=0.0, min_open=True), default=0.1, show_default=True, help="Defect radius as a fraction of the object's bounding radius.")
+@click.option("--severity", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True, help="Defect depth and contrast multiplier.")
 @click.option("--synth/--no-synth", default=False, show_default=True, help="Also write a clean CATEGORY_synth render.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of capture effects and defects.")
 def make_demo(out, category, views, image_size, nominal, anomalous, kinds, defect_size, severity, synth, seed) -> None:
     """Write the embedded procedural demo category (no download needed)."""
     from sim3d_datamodule.synthesis.demo import make_demo_dataset  # noqa: PLC0415
 
-    if views < 1 or image_size < 16 or nominal < 0 or anomalous < 0:
-        msg = f"Invalid demo size: --views {views} (>= 1), --image-size {image_size} (>= 16), --nominal {nominal} and --anomalous {anomalous} (>= 0)."
+    if views < 1 or image_size < 16 or nominal < 0 or anomalous < 0 or nominal + anomalous < 1:
+        msg = (
+            f"Invalid demo size: --views {views} (>= 1), --image-size {image_size} (>= 16), --nominal {nominal} and "
+            f"--anomalous {anomalous} (>= 0, at least one test instance in total)."
+        )
         raise click.BadParameter(msg)
     folder = make_demo_dataset(
         out,

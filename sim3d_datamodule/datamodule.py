@@ -163,12 +163,33 @@ class SiM3D(AnomalibDataModule):
         if self.flatten:
             self.train_data = SiM3DViewDataset(train, **common)
             self.test_data = SiM3DViewDataset(test, **common)
+            self._warn_if_output_images_collide(test)
             return
 
         reference = self._grid_reference(test)
         train_class = SiM3DViewPairDataset if self.train_pairs else SiM3DInstanceDataset
         self.train_data = train_class(train, **common, cache_views=self.cache_views)
         self.test_data = SiM3DInstanceDataset(test, **common, grid_reference=reference)
+
+    def _warn_if_output_images_collide(self, test: Sequence[InstanceFiles]) -> None:
+        """Warn when anomalib's ImageVisualizer would write every instance's view to the same file.
+
+        In anomalib 2.7 the visualizer keeps the folders of ``image_path`` below a
+        folder named like the datamodule (``SiM3D``, any case) and its category.
+        Without such a folder it keeps only the parent folder (``rgb``), so every
+        instance writes ``images/rgb/<view>_2.png`` and overwrites the others.
+        """
+        parts = [part.lower() for part in Path(test[0].views[0].image_path).parts] if test else []
+        if self.name.lower() in parts:
+            return
+        logger.warning(
+            "Dataset root %s has no folder named %s in its path, so anomalib's image visualizer will save every "
+            "test instance's views as images/rgb/<view>_2.png and later instances overwrite earlier ones. "
+            "Keep the category under a folder named %s (the default root is ./datasets/SiM3D) or link it there.",
+            self.root,
+            self.name,
+            self.name,
+        )
 
     def pair_dataloader(self, batch_size: int | None = None, shuffle: bool = True) -> DataLoader:
         """Return a loader over all ordered view pairs of the training instances (``V = 2`` batches)."""

@@ -32,7 +32,15 @@ from anomalib.data.datasets.base.image import AnomalibDataset
 from pandas import DataFrame
 
 from sim3d_datamodule import geometry
-from sim3d_datamodule.io import Cameras, SiM3DFormatError, read_cameras, read_depth, read_gray_png, read_ground_truth
+from sim3d_datamodule.io import (
+    Cameras,
+    SiM3DFormatError,
+    read_cameras,
+    read_depth,
+    read_gray_png,
+    read_ground_truth,
+    warn_if_depth_looks_like_millimetres,
+)
 from sim3d_datamodule.items import MultiViewBatch, MultiViewItem, ViewBatch, ViewItem
 from sim3d_datamodule.layout import InstanceFiles, ViewFiles
 from sim3d_datamodule.transforms import normalize_gray, pad_resize_depth, pad_resize_image
@@ -97,6 +105,8 @@ def load_view(view: ViewFiles, cameras: Cameras | None, image_size: int, normali
     gray = read_gray_png(view.image_path)
     depth_scale = cameras.depth_scale if cameras is not None else 1.0
     depth, valid = read_depth(view.depth_path, depth_scale)
+    if cameras is not None:
+        warn_if_depth_looks_like_millimetres(cameras, depth, valid)
     height, width = gray.shape
     if depth.shape != gray.shape:
         msg = f"{view.depth_path}: depth map is {tuple(depth.shape)} but image {view.image_path} is {tuple(gray.shape)}. Store both at the same resolution."
@@ -312,6 +322,8 @@ class SiM3DViewDataset(_SiM3DDatasetBase):
                 raise SiM3DFormatError(msg)
             for position in self.view_indices:
                 view = instance.views[position]
+                # NOTE: image_path is the real file, which anomalib's ImageVisualizer also uses to name its
+                # output. Unique names need a folder named SiM3D in the root's path; the datamodule warns otherwise.
                 rows.append(
                     {
                         "image_path": str(view.image_path),

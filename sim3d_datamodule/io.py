@@ -23,6 +23,7 @@ Foundation instead of ``cv2``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import zipfile
@@ -34,6 +35,8 @@ import numpy as np
 import torch
 
 from sim3d_datamodule.geometry import VoxelGrid, voxel_keys
+
+logger = logging.getLogger(__name__)
 
 # Set before cv2 is imported so that builds that do have an EXR codec allow it.
 os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
@@ -56,6 +59,13 @@ class SiM3DFormatError(ValueError):
 
 def _fail(path: PathLike, problem: str, fix: str) -> SiM3DFormatError:
     return SiM3DFormatError(f"{path}: {problem}. {fix}")
+
+
+def _numpy_load_problem(error: Exception) -> str:
+    """Describe a ``numpy.load`` failure without numpy's advice to enable ``allow_pickle``, which would run untrusted code."""
+    if "pickle" in str(error):
+        return "not a numeric NumPy array: the file is not in .npy/.npz format or stores Python objects"
+    return str(error)
 
 
 def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -161,7 +171,7 @@ def read_depth_npy(path: PathLike, depth_scale: float = 1.0) -> tuple[torch.Tens
     try:
         raw = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
-        raise _fail(path, f"depth map is unreadable or truncated ({error})", "Re-save it with numpy.save") from error
+        raise _fail(path, f"depth map is unreadable or truncated ({_numpy_load_problem(error)})", "Re-save it with numpy.save") from error
 
     if raw.ndim == 3 and raw.shape[-1] == 1:
         raw = raw[..., 0]
@@ -298,10 +308,14 @@ class Cameras:
     Attributes:
         depth_scale: factor from stored depth values to metres.
         views: calibration per view, in file order.
+        path: the file read, or ``None`` for cameras built in memory.
+        depth_scale_given: whether the file sets ``depth_scale`` (else it is the 1.0 default).
     """
 
     depth_scale: float
     views: list[CameraView]
+    path: Path | None = None
+    depth_scale_given: bool = True
 
     def by_name(self) -> dict[str, CameraView]:
         """Return the views keyed by name."""
@@ -391,7 +405,31 @@ def read_cameras(path: PathLike) -> Cameras:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise _fail(path, f"views {duplicates} are listed more than once", "Keep one entry per view")
-    return Cameras(depth_scale=float(depth_scale), views=views)
+    return Cameras(depth_scale=float(depth_scale), views=views, path=path, depth_scale_given="depth_scale" in content)
+
+
+# Median depth above which metres are implausible for an inspection set-up and millimetres are likely.
+MILLIMETRE_DEPTH_THRESHOLD = 20.0
+_warned_depth_scale: set[Path] = set()
+
+
+def warn_if_depth_looks_like_millimetres(cameras: Cameras, depth: torch.Tensor, valid: torch.Tensor) -> None:
+    """Log a warning, once per ``cameras.json``, when its default ``depth_scale`` of 1.0 meets depth that looks like millimetres.
+
+    ``depth`` and ``valid`` are one view's ``(H, W)`` depth map after scaling, in metres, and its valid mask.
+    """
+    if cameras.depth_scale_given or cameras.path is None or cameras.path in _warned_depth_scale or not valid.any():
+        return
+    median = float(depth[valid].median())
+    if median <= MILLIMETRE_DEPTH_THRESHOLD:
+        return
+    _warned_depth_scale.add(cameras.path)
+    logger.warning(
+        "%s sets no depth_scale, so depth is read as metres, but the median depth is %.1f m. "
+        'If the depth maps store millimetres, add "depth_scale": 0.001 to this file.',
+        cameras.path,
+        median,
+    )
 
 
 def write_cameras(path: PathLike, views: Sequence[CameraView], depth_scale: float = 1.0) -> Path:
@@ -438,7 +476,7 @@ def read_ground_truth(path: PathLike) -> VoxelGrid:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         if isinstance(error, SiM3DFormatError):
             raise
-        raise _fail(path, f"ground truth is unreadable or truncated ({error})", "Re-save it with numpy.savez") from error
+        raise _fail(path, f"ground truth is unreadable or truncated ({_numpy_load_problem(error)})", "Re-save it with numpy.savez") from error
 
     origin, voxel_size = arrays["origin"], arrays["voxel_size"]
     coords, anomalous = arrays["coords"], arrays["anomalous"]

@@ -261,6 +261,25 @@ def test_missing_weights_path_is_named(tmp_path):
         create_encoder(TIMM_NAME, weights=str(missing), timm_kwargs=TINY)
 
 
+@pytest.mark.parametrize(("name", "content"), [("junk.pth", b"junk\n"), ("junk.safetensors", b"not safetensors at all")])
+def test_corrupt_weights_file_is_named(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(EncoderWeightsError, match=f"Failed to read encoder weights .*{name}"):
+        create_encoder(TIMM_NAME, weights=str(path), timm_kwargs=TINY)
+
+
+def test_weights_keyword_typo_hints_keywords(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EncoderWeightsError, match="'pretrained' or 'random'"):
+        create_encoder(TIMM_NAME, weights="pretrain", timm_kwargs=TINY)
+
+
+def test_weights_folder_is_rejected_as_folder(tmp_path):
+    with pytest.raises(EncoderWeightsError, match="is a folder"):
+        create_encoder(TIMM_NAME, weights=str(tmp_path), timm_kwargs=TINY)
+
+
 def test_mismatched_weights_name_the_file(tmp_path):
     reference = _reference_model(embed_dim=64, num_heads=2)
     path = tmp_path / "wide.pth"

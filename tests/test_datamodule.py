@@ -287,6 +287,27 @@ def test_unsupported_val_split_raises(sim3d_root):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("folder", ["my_data", "SiM3D"])
+def test_flatten_warns_when_visualizer_names_collide(sim3d_root, tmp_path, caplog, folder):
+    from anomalib.utils.path import generate_output_filename
+
+    root = tmp_path / folder
+    shutil.copytree(sim3d_root / "toy", root / "toy")
+    with caplog.at_level("WARNING", logger="sim3d_datamodule.datamodule"):
+        datamodule = _setup(root, flatten=True)
+    warned = "overwrite" in caplog.text
+    names = {
+        generate_output_filename(path, tmp_path / "images", datamodule.name, "toy", mkdir=False)
+        for path in datamodule.test_data.samples.image_path
+    }
+    unique = len(names) == len(datamodule.test_data)
+    # The warning fires exactly when anomalib would give two test views the same output file.
+    assert warned == (folder == "my_data")
+    assert unique == (folder == "SiM3D")
+    if warned:
+        assert str(root) in caplog.text
+
+
 def test_flattened_views_train_anomalib_padim(sim3d_root, tmp_path):
     from anomalib.engine import Engine
     from anomalib.models import Padim

@@ -85,6 +85,38 @@ def test_cameras_round_trip(tmp_path):
     assert (cameras["C03"].width, cameras["C03"].height) == (30, 20)
 
 
+def test_default_depth_scale_warns_on_millimetres(tmp_path, caplog):
+    from sim3d_datamodule.datasets import load_view
+    from sim3d_datamodule.layout import ViewFiles
+
+    views = ring_cameras(2, (20, 30))
+    path = io.write_cameras(tmp_path / "cameras.json", views)
+    content = json.loads(path.read_text())
+    del content["depth_scale"]
+    path.write_text(json.dumps(content))
+    cameras = io.read_cameras(path)
+    assert cameras.depth_scale == 1.0
+    for view in views:
+        io.write_gray_png(tmp_path / f"{view.name}.png", np.full((20, 30), 0.5))
+        io.write_depth_npy(tmp_path / f"{view.name}.npy", np.full((20, 30), 450.0))
+
+    with caplog.at_level("WARNING", logger="sim3d_datamodule.io"):
+        for view in views:
+            load_view(ViewFiles(view.name, tmp_path / f"{view.name}.png", tmp_path / f"{view.name}.npy"), cameras, image_size=16)
+    warnings = [record.getMessage() for record in caplog.records if "depth_scale" in record.getMessage()]
+    assert len(warnings) == 1
+    assert str(path) in warnings[0]
+    assert "0.001" in warnings[0]
+
+
+def test_given_depth_scale_does_not_warn(tmp_path, caplog):
+    path = io.write_cameras(tmp_path / "cameras.json", ring_cameras(1, (20, 30)), depth_scale=1.0)
+    cameras = io.read_cameras(path)
+    with caplog.at_level("WARNING", logger="sim3d_datamodule.io"):
+        io.warn_if_depth_looks_like_millimetres(cameras, torch.full((20, 30), 450.0), torch.ones(20, 30, dtype=torch.bool))
+    assert not caplog.records
+
+
 def test_ground_truth_round_trip(tmp_path):
     grid = _grid()
     io.write_ground_truth(tmp_path / "gt.npz", grid)
@@ -119,8 +151,20 @@ def test_truncated_npy_raises(tmp_path):
 
 def test_pickled_npy_raises(tmp_path):
     np.save(tmp_path / "C01.npy", np.array([{"depth": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(SiM3DFormatError, match="unreadable"):
+    with pytest.raises(SiM3DFormatError, match="unreadable") as raised:
         io.read_depth_npy(tmp_path / "C01.npy")
+    assert "allow_pickle" not in str(raised.value)
+
+
+@pytest.mark.parametrize("name", ["C01.npy", "anomaly_volume.npz"])
+def test_garbage_numpy_file_message_is_ours(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"garbage bytes, not numpy")
+    reader = io.read_depth_npy if name.endswith(".npy") else io.read_ground_truth
+    with pytest.raises(SiM3DFormatError, match="not a numeric NumPy array") as raised:
+        reader(path)
+    assert "allow_pickle" not in str(raised.value)
+    assert name in str(raised.value)
 
 
 def test_truncated_exr_raises(tmp_path):

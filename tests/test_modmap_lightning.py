@@ -134,8 +134,16 @@ def test_view_subset_skips_other_views(tmp_path):
 
 def test_unknown_view_subset_is_rejected(tmp_path):
     model = _model(views=[9])
-    with pytest.raises(ValueError, match="requested views \\[9\\]"):
+    with pytest.raises(ValueError, match=r"view indices \[9\]"):
         _trainer(tmp_path).predict(model, _loader(_batch("test")))
+
+
+def test_partly_unknown_view_subset_is_rejected(tmp_path):
+    model = _model(views=[0, 5])
+    with pytest.raises(ValueError, match=r"Requested view indices \[5\]") as raised:
+        _trainer(tmp_path).predict(model, _loader(_batch("test")))
+    assert "[0, 1, 2, 3]" in str(raised.value)
+    assert "'test'" in str(raised.value)
 
 
 def test_checkpoint_reload_gives_same_maps(tmp_path):
@@ -169,6 +177,57 @@ def test_reload_with_other_encoder_weights_warns(tmp_path, caplog):
         warnings.filterwarnings("ignore", message=".*not meaningful.*")
         Modmap.load_from_checkpoint(path, evaluator=False, seed=2)
     assert "encoder weights differ" in caplog.text
+
+
+def test_checkpoint_with_other_architecture_names_flags(tmp_path):
+    model = _model()
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, _loader(_batch("train")))
+    path = tmp_path / "modmap.ckpt"
+    trainer.save_checkpoint(path)
+
+    other = _model(image_encoder_kwargs={**TINY, "embed_dim": 48}, max_views=8)
+    with pytest.raises(ValueError, match="trained with") as raised:
+        _trainer(tmp_path).predict(other, _loader(_batch("test")), ckpt_path=path)
+    message = str(raised.value)
+    assert "image_encoder_kwargs" in message
+    assert "--model.max_views 64" in message
+    assert '"embed_dim": 32' in message
+    assert "depth_encoder_kwargs" not in message
+
+
+def test_overlay_range_fixed_by_training_scores(tmp_path):
+    model = _model()
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, _loader(_batch("train")))
+    low, high = model.overlay_score_range
+    features = next(iter(model._feature_cache.values()))
+    with torch.no_grad():
+        training_scores = model.model.anomaly_maps(features)[features.foreground]
+    assert low == 0.0
+    assert 0.0 < high <= float(training_scores.max())
+    assert high >= float(training_scores.median())
+
+    path = tmp_path / "modmap.ckpt"
+    trainer.save_checkpoint(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not meaningful.*")
+        reloaded = Modmap.load_from_checkpoint(path, evaluator=False)
+    assert reloaded.overlay_score_range == pytest.approx((low, high))
+
+
+def test_exports_use_overlay_range(tmp_path, monkeypatch):
+    import anomalib_modmap.volume as volume_module
+
+    model = _model()
+    model.overlay_score_range = (0.0, 0.25)
+    ranges = []
+    monkeypatch.setattr(volume_module, "export_anomaly_volume", lambda *args, **kwargs: ranges.append(kwargs["score_range"]))
+    features = model._extract(_batch("test"), 0)
+    maps = model.model.anomaly_maps(features).float()
+    model.trainer = _trainer(tmp_path)
+    model._export(_batch("test"), 0, torch.arange(NUM_VIEWS), maps, features, None)
+    assert ranges == [(0.0, 0.25)]
 
 
 def test_cpu_runs_without_autocast():

@@ -241,6 +241,28 @@ def test_make_demo_cli_writes_category(tmp_path):
     assert np.load(folder / "demo_vase_bad_01" / "gt" / "anomaly_volume.npz")["anomalous"].any()
 
 
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [(["--defect-size", "-1"], "--defect-size"), (["--nominal", "0", "--anomalous", "0"], "at least one test instance")],
+)
+def test_make_demo_cli_rejects_bad_sizes(tmp_path, arguments, expected):
+    from click.testing import CliRunner
+
+    from sim3d_datamodule.cli import main
+
+    result = CliRunner().invoke(main, ["make-demo", "--out", str(tmp_path), *arguments])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert not (tmp_path / "demo_stool").exists()
+
+
+def test_demo_rejects_category_without_test_instances(tmp_path):
+    with pytest.raises(ValueError, match="at least one test instance"):
+        make_demo_dataset(tmp_path, nominal=0, anomalous=0, progress=False)
+    with pytest.raises(ValueError, match="defect_size=-1"):
+        make_demo_dataset(tmp_path, defect_size=-1.0, progress=False)
+
+
 def test_demo_same_seed_same_files(tmp_path):
     settings = {"views": 2, "image_size": 48, "nominal": 0, "anomalous": 1, "progress": False}
     first = make_demo_dataset(tmp_path / "a", "demo_vase", seed=3, **settings)
@@ -268,6 +290,25 @@ def test_render_from_cameras_json(tmp_path):
     np.testing.assert_allclose(rendered[1].world_to_camera.numpy(), cameras[1].world_to_camera.numpy())
     assert (synth / "RGB" / "top_2.png").is_file()
     assert (synth / "DEPTH" / "top_depth.exr").is_file()
+
+
+def test_render_names_views_without_surface(tmp_path):
+    from sim3d_datamodule.synthesis.mesh_category import render_mesh_category
+
+    # A vertical triangle in the x-z plane: a level ring sees it face-on from two sides and edge-on from two.
+    corners = np.array([[-0.1, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.0, 0.1]])
+    triangle = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(corners), o3d.utility.Vector3iVector(np.array([[0, 1, 2]])))
+    mesh_path = tmp_path / "triangle.ply"
+    o3d.io.write_triangle_mesh(str(mesh_path), triangle)
+    with pytest.raises(ValueError, match="views see no surface") as raised:
+        render_mesh_category(mesh_path, tmp_path / "out", "tri", views=4, units="m", size=(40, 30), elevation=0.0, progress=False)
+    message = str(raised.value)
+    assert "2 of 4 views" in message
+    assert "C01, C03" in message
+    assert "triangle.ply" in message
+    assert "--up" in message
+    assert "--units" in message
+    assert not (tmp_path / "out").exists()
 
 
 def test_load_mesh_rejects_point_cloud(tmp_path):

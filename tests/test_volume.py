@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from anomalib_modmap.heatmaps import colorize_scores, save_view_overlays
+from anomalib_modmap.heatmaps import colorize_scores, render_colorbar, save_view_overlays
 from anomalib_modmap.volume import (
     AnomalyVolume,
     VoxelLookup,
@@ -305,7 +305,7 @@ def test_overlays_blend_only_valid_pixels(tmp_path):
     valid = torch.ones(2, 6, 8, dtype=torch.bool)
     valid[:, 0, :] = False
 
-    paths = save_view_overlays(tmp_path, images, maps, valid=valid, view_names=["C01", "C02"])
+    paths = save_view_overlays(tmp_path, images, maps, valid=valid, view_names=["C01", "C02"], colorbar=False)
     assert [path.name for path in paths] == ["C01.png", "C02.png"]
     overlay = np.asarray(Image.open(paths[1]))
     assert overlay.shape == (6, 8, 3)
@@ -316,6 +316,33 @@ def test_overlays_blend_only_valid_pixels(tmp_path):
 
     with pytest.raises(ValueError, match="view_names has 1 entries"):
         save_view_overlays(tmp_path, images, maps, view_names=["C01"])
+
+
+def test_overlay_colorbar_shows_range(tmp_path):
+    images = torch.zeros(1, 3, 120, 100)
+    maps = torch.zeros(1, 120, 100)
+    plain = save_view_overlays(tmp_path / "plain", images, maps, score_range=(0.0, 2.5), colorbar=False)[0]
+    barred = save_view_overlays(tmp_path / "barred", images, maps, score_range=(0.0, 2.5))[0]
+    plain_pixels = np.asarray(Image.open(plain))
+    overlay = np.asarray(Image.open(barred))
+
+    assert overlay.shape == (120, 164, 3)
+    np.testing.assert_array_equal(overlay[:, :100], plain_pixels)
+    bar = overlay[:, 100:].astype(int)
+    # jet: the top of the bar is red (high scores), the bottom blue (low scores).
+    column = bar[:, 10]
+    assert column[10, 0] > column[10, 2]
+    assert column[-10, 2] > column[-10, 0]
+    # White tick labels right of the bar.
+    assert (bar[:, 25:] > 200).all(axis=-1).sum() > 20
+
+
+def test_colorbar_label_values_change_with_range():
+    first = render_colorbar((0.0, 1.0), 120)
+    second = render_colorbar((0.0, 7.0), 120)
+    assert first.shape == (120, 64, 3)
+    assert not np.array_equal(first, second)
+    assert render_colorbar((0.0, 1.0), 20).shape == (96, 64, 3)
 
 
 def test_export_writes_all_three(tmp_path):

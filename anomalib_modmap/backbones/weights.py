@@ -63,8 +63,13 @@ def resolve_weights(config: EncoderConfig, weights: str | os.PathLike) -> Path |
         return None
     if str(weights) != "pretrained":
         path = Path(weights).expanduser()
+        if path.is_dir():
+            msg = f"Weights for encoder {config.name!r} must be a file, but {path} is a folder. Pass the weights file inside it."
+            raise EncoderWeightsError(msg)
         if not path.is_file():
             msg = f"Weights file for encoder {config.name!r} not found: {path}."
+            if not path.suffix and len(path.parts) == 1:
+                msg += " To select weights by keyword, use 'pretrained' or 'random'."
             raise EncoderWeightsError(msg)
         return path
     return _find_pretrained(config)
@@ -149,15 +154,19 @@ def read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     Metadata holds ``modality``, ``timm_name``, ``timm_kwargs`` and
     ``depth_normalization`` for project checkpoints and is empty otherwise.
     """
+    # Corrupt or foreign files fail inside safetensors or the unpickler with many exception types
+    # (struct.error, UnpicklingError, SafetensorError, ...), none of which name the file.
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path)), {}
+        try:
+            return load_file(str(path)), {}
+        except Exception as error:  # noqa: BLE001
+            raise EncoderWeightsError(_unreadable_weights_message(path, error)) from error
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as error:
-        msg = f"Failed to read encoder weights {path}: {error}"
-        raise EncoderWeightsError(msg) from error
+    except Exception as error:  # noqa: BLE001
+        raise EncoderWeightsError(_unreadable_weights_message(path, error)) from error
     if not isinstance(content, dict):
         msg = f"Encoder weights {path} hold a {type(content).__name__}, expected a state_dict or checkpoint dict."
         raise EncoderWeightsError(msg)
@@ -179,6 +188,13 @@ def read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     if "mask_token" in state_dict:
         state_dict = convert_dinov2_state_dict(state_dict)
     return state_dict, {}
+
+
+def _unreadable_weights_message(path: Path, error: Exception) -> str:
+    return (
+        f"Failed to read encoder weights {path} ({type(error).__name__}: {error}). "
+        "The file is truncated, corrupt or not a torch/safetensors weights file; download or export it again."
+    )
 
 
 def convert_dinov2_state_dict(state_dict: dict[str, torch.Tensor], no_embed_class: bool | None = None) -> dict[str, torch.Tensor]:

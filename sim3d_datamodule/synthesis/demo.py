@@ -118,6 +118,12 @@ def make_demo_dataset(
     if unknown or not kinds:
         msg = f"Invalid defect kinds {list(kinds)}; choose from {DEFECT_KINDS}."
         raise ValueError(msg)
+    if nominal < 0 or anomalous < 0 or nominal + anomalous < 1:
+        msg = f"Invalid demo size: nominal={nominal}, anomalous={anomalous}. A category needs at least one test instance."
+        raise ValueError(msg)
+    if defect_size <= 0 or severity <= 0:
+        msg = f"Invalid defect_size={defect_size} or severity={severity}; both must be positive."
+        raise ValueError(msg)
     effects = effects or CaptureEffects()
     mesh, albedo = DEMO_OBJECTS[name]()
     center, radius = bounding_sphere(mesh)

@@ -57,8 +57,14 @@ def render_mesh_category(
         cameras = make_rig(rig, views, center, radius, size[0], size[1], fov_degrees=fov, elevation_degrees=elevation, up_axis=up_axis)
     shading = Shading(lights=tuple(lights), ambient=ambient, albedo=albedo)
     renders = render_views(mesh, cameras, shading, progress=progress, description=f"render {category}")
-    if not any(render.hit.any() for render in renders):
-        msg = f"No view of {mesh_path} sees the mesh; check --units and the cameras."
+    empty_views = [camera.name for camera, render in zip(cameras, renders) if not render.hit.any()]
+    if empty_views:
+        msg = (
+            f"{len(empty_views)} of {len(cameras)} views see no surface of {mesh_path}: {', '.join(empty_views)}. "
+            f"Check the up axis (--up, now {up_axis}), the length unit (--units, now {units}), "
+            "and raise --elevation if a flat part is seen edge-on. "
+            "Cameras passed with --cameras must be in the mesh's frame, in metres."
+        )
         raise ValueError(msg)
     folder = Path(root) / category
     synth = folder / f"{category}_synth"

@@ -164,6 +164,8 @@ def _shade(
     """Return the gray value ``(N,)`` of hit points with unit normals and unit directions towards the camera."""
     radiance = np.full(points.shape[0], shading.ambient)
     highlight = np.zeros(points.shape[0])
+    if points.shape[0] == 0:
+        return radiance
     # Offset shadow-ray origins off the surface so that they do not hit their own triangle.
     offset = 1e-5 + 1e-6 * np.abs(points).max()
     for light in shading.lights:

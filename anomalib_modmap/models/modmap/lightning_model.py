@@ -8,11 +8,14 @@ Batches are multi-view batches (``sim3d_datamodule.items.MultiViewBatch``):
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from anomalib import LearningType
 from anomalib.metrics import Evaluator
@@ -32,6 +35,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _ENCODER_PREFIXES = ("model.image_encoder.", "model.depth_encoder.")
+# Percentile of the training instances' foreground pixel scores that sets the top of the overlay colour scale.
+OVERLAY_SCORE_PERCENTILE = 99.9
+# Constructor arguments that fix the encoders' features or the mappers' shapes: a checkpoint's mapper weights
+# only fit a model built with the same values.
+_ARCHITECTURE_ARGUMENTS = (
+    "image_encoder",
+    "depth_encoder",
+    "image_encoder_kwargs",
+    "depth_encoder_kwargs",
+    "image_num_blocks",
+    "depth_num_blocks",
+    "final_norm",
+    "max_views",
+)
 
 
 class Modmap(AnomalibModule):
@@ -162,6 +179,9 @@ class Modmap(AnomalibModule):
         self._feature_cache: dict[tuple[str, tuple[int, ...]], ViewFeatures] = {}
         self._scheduler: OneCycleLR | None = None
         self._scheduler_state: dict[str, Any] | None = None
+        # Colour scale (low, high) shared by every exported overlay and point cloud; see _training_score_range.
+        self.overlay_score_range: tuple[float, float] | None = None
+        self._overlay_range_step: int | None = None
 
     # anomalib component defaults ------------------------------------------------------------
 
@@ -247,6 +267,34 @@ class Modmap(AnomalibModule):
     def on_fit_start(self) -> None:
         """Drop features cached by an earlier fit."""
         self._feature_cache.clear()
+
+    def on_train_end(self) -> None:
+        """Fix the overlay colour scale from the trained mappers' scores on the training instances."""
+        self._update_overlay_score_range()
+
+    def _update_overlay_score_range(self) -> None:
+        """Set ``overlay_score_range`` to ``(0, p)``, ``p`` the 99.9th percentile of the training instances' scores.
+
+        The scores are the anomaly maps of the cached training instances over their
+        foreground pixels. Exports then share one colour scale across instances,
+        so a nominal instance shows red only where it scores above nearly every
+        training pixel. Nothing changes when no training features are cached.
+        """
+        if not self._feature_cache or self._overlay_range_step == self.global_step:
+            return
+        scores = []
+        with torch.no_grad():
+            for features in self._feature_cache.values():
+                with self._autocast():
+                    maps = self.model.anomaly_maps(features).float()
+                scores.append(maps[features.foreground.to(maps.device)].cpu().numpy())
+        values = np.concatenate(scores) if scores else np.empty(0)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return
+        high = float(np.percentile(values, OVERLAY_SCORE_PERCENTILE))
+        self.overlay_score_range = (0.0, high if high > 0 else 1.0)
+        self._overlay_range_step = self.global_step
 
     def training_step(self, batch: Any, batch_idx: int) -> STEP_OUTPUT:  # noqa: ANN401
         """Run one epoch's share of view pairs for every instance of ``batch``.
@@ -342,10 +390,15 @@ class Modmap(AnomalibModule):
         views = batch.view_index[index].to(self.device)
         if self.views is None:
             return torch.arange(views.shape[0], device=self.device)
-        keep = torch.isin(views, torch.tensor(self.views, device=self.device))
-        if not keep.any():
-            msg = f"None of the requested views {self.views} is among the instance's views {views.tolist()}."
+        available = views.tolist()
+        missing = [view for view in self.views if view not in available]
+        if missing:
+            msg = (
+                f"Requested view indices {missing} (of views={self.views}) do not exist in instance "
+                f"'{_instance_name(batch, index)}', whose view indices are {available}. Remove them from --model.views."
+            )
             raise ValueError(msg)
+        keep = torch.isin(views, torch.tensor(self.views, device=self.device))
         return keep.nonzero()[:, 0]
 
     def _extract(self, batch: Any, index: int, positions: torch.Tensor | None = None) -> ViewFeatures:  # noqa: ANN401
@@ -382,6 +435,7 @@ class Modmap(AnomalibModule):
             anomaly_maps=maps.cpu(),
             valid=features.foreground.cpu(),
             view_names=_view_names(batch, index, positions),
+            score_range=self.overlay_score_range,
         )
 
     def _autocast(self) -> torch.autocast:
@@ -404,12 +458,21 @@ class Modmap(AnomalibModule):
         for key in [key for key in state_dict if key.startswith(_ENCODER_PREFIXES)]:
             del state_dict[key]
         checkpoint["modmap_encoder_checksums"] = self._encoder_checksums()
+        self._update_overlay_score_range()
+        if self.overlay_score_range is not None:
+            checkpoint["modmap_overlay_score_range"] = list(self.overlay_score_range)
         if self._scheduler is not None:
             checkpoint["modmap_scheduler"] = self._scheduler.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Put the freshly built encoders into the checkpoint's state and restore the schedule."""
+        """Check the architecture arguments, put the freshly built encoders into the checkpoint's state and restore the schedule.
+
+        Raises:
+            ValueError: if an argument that shapes the encoders or mappers differs
+                from the one the checkpoint was trained with.
+        """
         super().on_load_checkpoint(checkpoint)
+        self._check_architecture_arguments(checkpoint)
         state_dict = checkpoint.setdefault("state_dict", {})
         for key, value in self.state_dict().items():
             if key.startswith(_ENCODER_PREFIXES) and key not in state_dict:
@@ -424,6 +487,27 @@ class Modmap(AnomalibModule):
                 current,
             )
         self._scheduler_state = checkpoint.get("modmap_scheduler")
+        stored_range = checkpoint.get("modmap_overlay_score_range")
+        self.overlay_score_range = None if stored_range is None else (float(stored_range[0]), float(stored_range[1]))
+
+    def _check_architecture_arguments(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters") or {}
+        differing = [
+            name
+            for name in _ARCHITECTURE_ARGUMENTS
+            if name in saved and name in self.hparams and saved[name] != self.hparams[name]
+        ]
+        if not differing:
+            return
+        trained = ", ".join(f"{name}={saved[name]!r}" for name in differing)
+        current = ", ".join(f"{name}={self.hparams[name]!r}" for name in differing)
+        flags = " ".join(f"--model.{name} {_flag_value(saved[name])}" for name in differing)
+        msg = (
+            f"The checkpoint was trained with {trained}, but this model was built with {current}. "
+            f"Build the model with the training arguments: pass {flags} (anomalib test and predict need the same "
+            "model arguments as training)."
+        )
+        raise ValueError(msg)
 
     def _encoder_checksums(self) -> dict[str, float]:
         """Return the float64 sum of every encoder's parameters, rounded to 6 significant digits."""
@@ -433,6 +517,13 @@ class Modmap(AnomalibModule):
             total = sum(float(tensor.double().sum()) for tensor in encoder.state_dict().values())
             checksums[name] = float(f"{total:.6g}")
         return checksums
+
+
+def _flag_value(value: Any) -> str:  # noqa: ANN401
+    """Format ``value`` as a shell word for an anomalib CLI flag (JSON for lists, dicts and None)."""
+    if isinstance(value, str):
+        return value
+    return shlex.quote(json.dumps(value))
 
 
 def _batch_size(batch: Any) -> int:  # noqa: ANN401
