@@ -185,7 +185,12 @@ class SiM3DBenchmarkJob(Job):
 
         job_dir = Path(spec.output) / "runs" / spec.key
         if spec.model.per_view:
-            model = build_per_view_model(spec.model.class_path, spec.model.init_args, pretrained=spec.model.pretrained)
+            model = build_per_view_model(
+                spec.model.class_path,
+                spec.model.init_args,
+                pretrained=spec.model.pretrained,
+                weights_dir=Path(spec.output) / "weights",
+            )
             collector = PerViewVolumeFusion(views=test_views, fpr_limit=spec.fpr_limit, progress=False)
         else:
             cls = _import_class(spec.model.class_path)

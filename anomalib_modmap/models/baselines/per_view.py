@@ -283,7 +283,12 @@ def _import_class(class_path: str) -> type:
     return getattr(import_module(module_path), name)
 
 
-def build_per_view_model(class_path: str, init_args: dict[str, Any] | None = None, pretrained: bool = True) -> Any:  # noqa: ANN401
+def build_per_view_model(
+    class_path: str,
+    init_args: dict[str, Any] | None = None,
+    pretrained: bool = True,
+    weights_dir: str | Path | None = None,
+) -> Any:  # noqa: ANN401
     """Build a single-view anomalib model for :class:`PerViewVolumeFusion`.
 
     The model keeps raw scores (no normalisation or thresholding, which would
@@ -296,7 +301,9 @@ def build_per_view_model(class_path: str, init_args: dict[str, Any] | None = Non
         init_args: the model's keyword arguments.
         pretrained: ``False`` builds CNN backbones with ``pre_trained=False`` and
             CFM's DINO backbone with random weights, for machines without the weight
-            files. Scores are then not meaningful.
+            files. Scores are then not meaningful. With ``pretrained=False``, CFM also
+            accepts ``pointmae_weights: random``, which writes random Point-MAE weights
+            under ``weights_dir`` (default: ``./weights``).
 
     Raises:
         BaselineWeightsError: when CFM's ``pointmae_weights`` file is missing, or when
@@ -310,6 +317,13 @@ def build_per_view_model(class_path: str, init_args: dict[str, Any] | None = Non
     kwargs.setdefault("evaluator", False)
     kwargs.setdefault("visualizer", False)
     is_cfm = cls.__name__ == "CFM"
+    if is_cfm and kwargs.get("pointmae_weights") == "random":
+        if pretrained:
+            msg = "pointmae_weights='random' needs pretrained=False: a CFM with random Point-MAE weights gives meaningless scores."
+            raise ValueError(msg)
+        group_size, num_group = int(kwargs.get("group_size", 128)), int(kwargs.get("num_group", 1024))
+        target = Path(weights_dir or "weights") / f"pointmae_random_g{group_size}_n{num_group}.pth"
+        kwargs["pointmae_weights"] = str(target if target.is_file() else write_random_pointmae_weights(target, group_size, num_group))
     if is_cfm:
         kwargs["pointmae_weights"] = str(check_pointmae_weights(kwargs.get("pointmae_weights")))
     if not pretrained and "pre_trained" in _init_parameters(cls):
