@@ -217,7 +217,9 @@ class SiM3DBenchmarkJob(Job):
         volumes = collector.volumes
         metrics = score_volumes(volumes, spec.fpr_limit)
         fpr, pro = pro_curve_of(volumes, spec.fpr_limit)
-        np.savez(result_path(spec.output, spec.key).with_suffix(".npz"), fpr=fpr, pro=pro)
+        curve_path = result_path(spec.output, spec.key).with_suffix(".npz")
+        curve_path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(curve_path, fpr=fpr, pro=pro)
         num_instances = max(1, len(volumes))
         return {
             "I-AUROC": metrics["instance_AUROC"],

@@ -237,12 +237,15 @@ class Modmap(AnomalibModule):
 
     def _build_scheduler(self, optimizer: torch.optim.Optimizer, steps_per_batch: int) -> OneCycleLR:
         batches = max(1, int(self.trainer.num_training_batches)) if math.isfinite(self.trainer.num_training_batches) else 1
-        total_steps = max(1, int(self.trainer.max_epochs or self.max_epochs) * batches * steps_per_batch)
+        # OneCycleLR divides by the length of each phase, so both need more than one
+        # step. Short runs (a few views, few epochs) get a longer schedule than they
+        # use and a warm-up of at least 1.5 steps; the schedule then stops unfinished.
+        total_steps = max(4, int(self.trainer.max_epochs or self.max_epochs) * batches * steps_per_batch)
         scheduler = OneCycleLR(
             optimizer,
             max_lr=self.max_learning_rate,
             total_steps=total_steps,
-            pct_start=self.warmup_fraction,
+            pct_start=max(self.warmup_fraction, 1.5 / total_steps),
             anneal_strategy="cos",
             div_factor=self.max_learning_rate / self.learning_rate,
         )
