@@ -3,7 +3,7 @@
 Each :class:`SiM3DBenchmarkJob` trains and tests one model on one category,
 setup and seed, scores the anomaly volumes with V-AUPRO and I-AUROC and writes
 ``<output>/jobs/<key>.json`` (plus the PRO curve as ``<key>.npz``). A job
-never raises: a failure becomes a result row with ``status: failed`` and the
+catches any exception of building, training and testing: the failure becomes a result row with ``status: failed`` and the
 error, so the other jobs' results are kept. :func:`run_benchmark` hands the
 jobs that have no finished result yet to anomalib's ``SerialRunner``, or to
 its ``ParallelRunner`` with one worker per GPU when CUDA has several devices.

@@ -298,6 +298,8 @@ def build_per_view_model(
 
     Args:
         class_path: ``Patchcore``, ``Padim``, ``CFM``, ``EfficientAd``, ... or a dotted class path.
+            NOTE: EfficientAd downloads teacher weights and Imagenette while training; it has
+            not been run here, where no download is possible.
         init_args: the model's keyword arguments.
         pretrained: ``False`` builds CNN backbones with ``pre_trained=False`` and
             CFM's DINO backbone with random weights, for machines without the weight
