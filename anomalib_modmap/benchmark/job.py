@@ -202,7 +202,12 @@ class SiM3DBenchmarkJob(Job):
                 model.views = test_views
             collector = VolumeCollector()
 
-        trainer_args = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False, **spec.model.trainer}
+        trainer_args = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+        if spec.model.per_view:
+            # SiM3D validates on its test set; with raw scores (no normalisation statistics)
+            # that pass would only repeat the test views, so per-view models skip it.
+            trainer_args.update(limit_val_batches=0, num_sanity_val_steps=0)
+        trainer_args.update(spec.model.trainer)
         engine = Engine(default_root_dir=job_dir, accelerator=accelerator, devices=devices, callbacks=[collector], **trainer_args)
         fit_started = time.perf_counter()
         engine.fit(model, datamodule=datamodule)
