@@ -171,3 +171,31 @@ def test_benchmark_runs_reports_and_skips(fixture_root, tmp_path, monkeypatch):
     assert ran == [next(job.key for job in expand_jobs(config) if job.model.name == "Broken")]
     assert json.loads((output / "jobs" / f"{ran[0]}.json").read_text())["status"] == "failed"
     assert len(load_results(output)) == 3
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "benchmark"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.stem)
+def test_shipped_configs_parse(path):
+    if path.stem.startswith("anomalib_"):
+        pytest.skip("anomalib's own benchmark format; see test_anomalib_pipeline_builds_jobs")
+    from anomalib_modmap.benchmark import load_config
+
+    config = load_config(path)
+
+    assert expand_jobs(config)
+
+
+def test_anomalib_pipeline_builds_jobs():
+    """anomalib's BenchmarkJobGenerator builds the project's models and SiM3D from the shipped config."""
+    import yaml
+    from anomalib.pipelines.benchmark.generator import BenchmarkJobGenerator
+
+    config = yaml.safe_load((CONFIGS / "anomalib_pipeline_demo.yaml").read_text())
+
+    jobs = list(BenchmarkJobGenerator("cpu").generate_jobs(config["benchmark"], None))
+
+    assert [type(job.model).__name__ for job in jobs] == ["Modmap", "CfmSim3d"]
+    assert {type(job.datamodule).__name__ for job in jobs} == {"SiM3D"}
+    assert jobs[1].model.model.pairing == "same_view"
