@@ -51,7 +51,9 @@ def _method_label(row: pd.Series, multiple_setups: bool) -> str:
 def _cell(values: pd.Series, statuses: pd.Series, digits: int) -> str:
     ok = values[statuses == "ok"].astype(float)
     if ok.empty:
-        return "failed" if (statuses == "failed").any() else ""
+        if (statuses == "failed").any():
+            return "failed"
+        return "not run" if (statuses == "not run").any() else ""
     mean = ok.mean()
     text = "nan" if np.isnan(mean) else f"{mean:.{digits}f}"
     if len(ok) > 1:
@@ -96,9 +98,9 @@ def markdown_table(frame: pd.DataFrame, categories: list[str], caption: str = ""
     if caption:
         text += [caption.strip(), ""]
     text += lines
-    failed = frame[frame["status"] == "failed"] if not frame.empty else frame
+    failed = frame[frame["status"].isin(["failed", "not run"])] if not frame.empty else frame
     if not failed.empty:
-        text += ["", "Failed jobs:", ""]
+        text += ["", "Failed or unfinished jobs:", ""]
         text += [f"- `{row['key']}`: {row['error']}" for _, row in failed.iterrows()]
     if not frame.empty and "memory_kind" in frame:
         kinds = sorted({str(kind) for kind in frame["memory_kind"].dropna()})
@@ -181,6 +183,14 @@ def write_report(config: BenchmarkConfig) -> dict[str, Path]:
     output = config.output
     keys = [spec.key for spec in expand_jobs(config)]
     frame = load_results(output, keys)
+    found = set(frame["key"]) if "key" in frame else set()
+    missing = [
+        {"key": spec.key, "model": spec.model.name, "category": spec.category, "setup": spec.setup, "seed": spec.seed, "status": "not run", "error": "no result yet: the job has not finished"}
+        for spec in expand_jobs(config)
+        if spec.key not in found
+    ]
+    if missing:
+        frame = pd.concat([frame, pd.DataFrame(missing)], ignore_index=True)
     files: dict[str, Path] = {}
     csv_path = output / "results.csv"
     frame.to_csv(csv_path, index=False)
