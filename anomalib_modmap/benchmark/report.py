@@ -191,6 +191,9 @@ def write_report(config: BenchmarkConfig) -> dict[str, Path]:
     ]
     if missing:
         frame = pd.concat([frame, pd.DataFrame(missing)], ignore_index=True)
+    # Rows follow the configuration's model order, as the table's methods do.
+    order = {model.name: index for index, model in enumerate(config.models)}
+    frame = frame.sort_values(by="model", key=lambda names: names.map(order), kind="stable", ignore_index=True)
     files: dict[str, Path] = {}
     csv_path = output / "results.csv"
     frame.to_csv(csv_path, index=False)
