@@ -192,6 +192,11 @@ def test_anomalib_pipeline_builds_jobs():
     import yaml
     from anomalib.pipelines.benchmark.generator import BenchmarkJobGenerator
 
+    from anomalib_modmap.registration import register
+
+    # `anomalib benchmark` registers the project's names when anomalib.cli imports; this test
+    # skips the CLI, and an earlier import of anomalib.models may have come before the hook.
+    register()
     config = yaml.safe_load((CONFIGS / "anomalib_pipeline_demo.yaml").read_text())
 
     jobs = list(BenchmarkJobGenerator("cpu").generate_jobs(config["benchmark"], None))
