@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from pathlib import Path
+
 from anomalib_modmap.demo import demo
 from anomalib_modmap.pretraining.commands import pretrain_depth, pretrain_image
 
@@ -16,6 +18,22 @@ def main() -> None:
 main.add_command(demo)
 main.add_command(pretrain_depth)
 main.add_command(pretrain_image)
+
+
+@main.command("benchmark")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="Benchmark YAML (see configs/benchmark/).")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None, help="Results folder; overrides the configuration's 'output'.")
+@click.option("--rerun", is_flag=True, help="Run every job again, finished ones included.")
+def benchmark(config_path: Path, output: Path | None, rerun: bool) -> None:
+    """Train and test every model x category x setup x seed of a benchmark grid; write CSV, table and plots."""
+    from anomalib_modmap.benchmark import load_config, run_benchmark
+
+    config = load_config(config_path, output=output)
+    files = run_benchmark(config, rerun=rerun)
+    if "markdown" in files:
+        click.echo(files["markdown"].read_text())
+    for name, path in files.items():
+        click.echo(f"{name}: {path}")
 
 
 if __name__ == "__main__":

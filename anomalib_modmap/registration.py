@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 # Short name -> module that defines or re-exports it.
 DATAMODULES: dict[str, str] = {"SiM3D": "sim3d_datamodule.datamodule"}
 # Models are registered only when their module imports: a model added later needs one line here.
-MODELS: dict[str, str] = {"Modmap": "anomalib_modmap.models"}
+MODELS: dict[str, str] = {"Modmap": "anomalib_modmap.models", "CfmSim3d": "anomalib_modmap.models"}
 
 # Modules whose code has run to the end. Python still marks a module as
 # importing while the start-up hook runs right after its last line.

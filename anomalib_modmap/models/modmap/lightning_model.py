@@ -27,7 +27,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 from anomalib_modmap.backbones import create_encoder
 
 from .anomaly_map import AGGREGATIONS, Aggregation
-from .torch_model import ModmapModel, ViewFeatures
+from .torch_model import ModmapModel, Pairing, ViewFeatures
 
 if TYPE_CHECKING:
     from lightning.pytorch.utilities.types import STEP_OUTPUT
@@ -89,6 +89,9 @@ class Modmap(AnomalibModule):
         save_volumes: write anomaly volumes (``.npz``, ``.ply``) and per-view overlay PNGs
             under ``<trainer.default_root_dir>/volumes/<instance>/`` during testing.
         bf16: run encoders and mappers under bf16 autocast on CUDA; CPU always runs float32.
+        pairing: ``"all"`` (every ordered view pair, the ModMap method) or ``"same_view"``
+            (each view mapped onto itself only, for training and testing).
+        modulation: apply the view modulators; ``False`` maps the frozen tokens unchanged.
         pre_processor, post_processor, evaluator, visualizer: anomalib components, see
             :class:`anomalib.models.components.AnomalibModule`.
     """
@@ -116,6 +119,8 @@ class Modmap(AnomalibModule):
         views: list[int] | None = None,
         save_volumes: bool = True,
         bf16: bool = True,
+        pairing: Pairing = "all",
+        modulation: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -163,6 +168,8 @@ class Modmap(AnomalibModule):
                 max_views=max_views,
                 aggregation=aggregation,
                 pair_batch_size=pair_batch_size,
+                pairing=pairing,
+                modulation=modulation,
             )
 
         self.max_epochs = max_epochs
@@ -250,12 +257,15 @@ class Modmap(AnomalibModule):
 
     def _build_scheduler(self, optimizer: torch.optim.Optimizer, steps_per_batch: int) -> OneCycleLR:
         batches = max(1, int(self.trainer.num_training_batches)) if math.isfinite(self.trainer.num_training_batches) else 1
-        total_steps = max(1, int(self.trainer.max_epochs or self.max_epochs) * batches * steps_per_batch)
+        # OneCycleLR divides by the length of each phase, so both need more than one
+        # step. Short runs (a few views, few epochs) get a longer schedule than they
+        # use and a warm-up of at least 1.5 steps; the schedule then stops unfinished.
+        total_steps = max(4, int(self.trainer.max_epochs or self.max_epochs) * batches * steps_per_batch)
         scheduler = OneCycleLR(
             optimizer,
             max_lr=self.max_learning_rate,
             total_steps=total_steps,
-            pct_start=self.warmup_fraction,
+            pct_start=max(self.warmup_fraction, 1.5 / total_steps),
             anneal_strategy="cos",
             div_factor=self.max_learning_rate / self.learning_rate,
         )
@@ -301,14 +311,16 @@ class Modmap(AnomalibModule):
 
         Features of each training instance are extracted at its first visit and
         cached, because the encoders are frozen and the instance does not change.
-        Each instance's ordered view pairs, self-pairs included, are shuffled
+        Each instance's view pairs (all ordered pairs, self-pairs included, or
+        only self-pairs with ``pairing="same_view"``) are shuffled
         (seeded by ``seed`` and the epoch) and fed in batches of ``pair_batch_size``,
         one optimiser step each.
         """
         del batch_idx
         optimizer = self.optimizers()
         features_per_instance = [self._cached_features(batch, index) for index in range(_batch_size(batch))]
-        pair_count = sum(features.image.shape[0] ** 2 for features in features_per_instance)
+        pairs_per_instance = [self.model.view_pairs(features.image.shape[0], self.device) for features in features_per_instance]
+        pair_count = sum(pairs.shape[0] for pairs in pairs_per_instance)
         if self._scheduler is None:
             self._scheduler = self._build_scheduler(optimizer.optimizer, math.ceil(pair_count / self.pair_batch_size))
 
@@ -316,11 +328,10 @@ class Modmap(AnomalibModule):
         # training instance, so extra GPUs add no training throughput.
         generator = torch.Generator().manual_seed(self.seed + self.current_epoch)
         losses = []
-        for features in features_per_instance:
-            num_views = features.image.shape[0]
-            order = torch.randperm(num_views * num_views, generator=generator).to(self.device)
+        for features, pairs in zip(features_per_instance, pairs_per_instance, strict=True):
+            order = torch.randperm(pairs.shape[0], generator=generator).to(self.device)
             for chunk in order.split(self.pair_batch_size):
-                source, target = chunk // num_views, chunk % num_views
+                source, target = pairs[chunk].unbind(dim=1)
                 with self._autocast():
                     loss = self.model.pair_loss(features, source, target)
                 optimizer.zero_grad()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import product
+from typing import Literal
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -22,6 +23,9 @@ from sim3d_datamodule.transforms import DepthNormalization, normalize_depth
 
 from .anomaly_map import AnomalyMapGenerator, Aggregation, clean_foreground, foreground_tokens
 from .loss import ModmapLoss, cosine_distance
+
+Pairing = Literal["all", "same_view"]
+PAIRINGS: tuple[str, ...] = ("all", "same_view")
 
 
 class ViewModulator(nn.Module):
@@ -142,6 +146,12 @@ class ModmapModel(nn.Module):
         aggregation: combination of the two directions in the anomaly maps.
         encoder_batch_size: views per encoder pass.
         pair_batch_size: view pairs per batched step at inference.
+        pairing: ``"all"`` maps every ordered view pair ``(s, t)``, including
+            ``s = t``; ``"same_view"`` maps each view only onto itself, which is
+            single-view crossmodal feature mapping (no information across views).
+        modulation: apply the view modulators; ``False`` feeds the frozen tokens
+            to the mappers unchanged (the modulators are still built, so
+            checkpoints keep one layout).
     """
 
     def __init__(
@@ -153,8 +163,15 @@ class ModmapModel(nn.Module):
         aggregation: Aggregation = "max",
         encoder_batch_size: int = 8,
         pair_batch_size: int = 48,
+        pairing: Pairing = "all",
+        modulation: bool = True,
     ) -> None:
         super().__init__()
+        if pairing not in PAIRINGS:
+            msg = f"Unknown pairing {pairing!r}; choose one of {PAIRINGS}."
+            raise ValueError(msg)
+        self.pairing = pairing
+        self.modulation = modulation
         self.image_encoder = image_encoder
         self.depth_encoder = depth_encoder
         self.depth_normalization = depth_normalization
@@ -226,11 +243,24 @@ class ModmapModel(nn.Module):
         ``features``. Returns image->depth ``(P, N, C_depth)`` and depth->image
         ``(P, N, C_image)`` predictions for the target views.
         """
-        source_view = features.view_index[source]
-        target_view = features.view_index[target]
-        image = self.image_modulator(features.image[source], source_view, target_view)
-        depth = self.depth_modulator(features.depth[source], source_view, target_view)
+        image = features.image[source]
+        depth = features.depth[source]
+        if self.modulation:
+            source_view = features.view_index[source]
+            target_view = features.view_index[target]
+            image = self.image_modulator(image, source_view, target_view)
+            depth = self.depth_modulator(depth, source_view, target_view)
         return self.image_to_depth(image), self.depth_to_image(depth)
+
+    def view_pairs(self, num_views: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Return the ``(P, 2)`` int64 (source, target) positions that ``pairing`` selects among ``num_views`` views.
+
+        ``"all"`` gives ``P = V * V`` pairs in row-major order, ``"same_view"`` the ``V`` pairs ``(v, v)``.
+        """
+        if self.pairing == "same_view":
+            positions = torch.arange(num_views, device=device, dtype=torch.long)
+            return torch.stack((positions, positions), dim=1)
+        return torch.tensor(list(product(range(num_views), repeat=2)), device=device, dtype=torch.long).reshape(-1, 2)
 
     def pair_loss(self, features: ViewFeatures, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Training loss over the pairs ``(source[p], target[p])``, on the target views' foreground tokens."""
@@ -245,7 +275,10 @@ class ModmapModel(nn.Module):
 
     @torch.no_grad()
     def pair_distances(self, features: ViewFeatures) -> PairDistances:
-        """Evaluate all V x V ordered view pairs and keep, per target view, the minimum over source views.
+        """Evaluate the selected view pairs and keep, per target view, the minimum over source views.
+
+        With ``pairing="all"`` these are all V x V ordered pairs; with
+        ``"same_view"`` each target view has only itself as source.
 
         Pairs run in batches of ``pair_batch_size``, and each batch folds into a
         running ``(V, N)`` minimum, so peak memory grows with V and the batch size,
@@ -255,7 +288,7 @@ class ModmapModel(nn.Module):
         device = features.image.device
         image_to_depth = torch.full((num_views, num_tokens), float("inf"), device=device)
         depth_to_image = torch.full((num_views, num_tokens), float("inf"), device=device)
-        pairs = torch.tensor(list(product(range(num_views), repeat=2)), device=device, dtype=torch.long)
+        pairs = self.view_pairs(num_views, device)
 
         for start in range(0, pairs.shape[0], self.pair_batch_size):
             source, target = pairs[start : start + self.pair_batch_size].unbind(dim=1)

@@ -1,0 +1,272 @@
+"""Benchmark configuration: a YAML grid of models x categories x setups x seeds, expanded into jobs.
+
+A configuration file looks like this (every key but ``models`` and
+``categories`` has a default)::
+
+    name: demo_cpu
+    output: results/benchmark/demo_cpu   # CSV, Markdown table, plots and one folder per job
+    accelerator: auto                     # auto, cpu or cuda
+    categories: [demo_stool]
+    setups: [real2real]                   # and/or synth2real
+    seeds: [0]
+    fpr_limit: 0.01                       # V-AUPRO limit
+    demo_data: true                       # generate missing demo_* categories under data.root
+    caption: Random encoder weights; scores are not meaningful.
+    data:                                 # SiM3D arguments shared by every job
+      root: datasets/demo
+      image_size: 112
+    models:
+      - name: Modmap
+        class_path: anomalib_modmap.models.Modmap
+        init_args: {image_weights: random, depth_weights: random, max_epochs: 5}
+        test_views: all                   # all, "1/2", "1/4" or a number of views
+      - name: PatchCore
+        class_path: Patchcore
+        per_view: true                    # flattened data, anomaly maps fused per instance
+        pretrained: false                 # pre_trained=False backbones (no download)
+        init_args: {backbone: resnet18, layers: [layer2, layer3]}
+        data: {train_batch_size: 8}       # per-model SiM3D overrides
+        trainer: {max_epochs: 1}          # per-model Engine arguments
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SETUPS = ("real2real", "synth2real")
+ACCELERATORS = ("auto", "cpu", "cuda")
+_MODEL_KEYS = {"name", "class_path", "init_args", "per_view", "pretrained", "data", "trainer", "test_views"}
+_TOP_KEYS = {"name", "output", "accelerator", "categories", "setups", "seeds", "fpr_limit", "demo_data", "caption", "data", "models"}
+
+
+class BenchmarkConfigError(ValueError):
+    """Raised for an invalid benchmark configuration; the message names the key and the fix."""
+
+
+@dataclass
+class ModelEntry:
+    """One method of the benchmark: a model class with its arguments.
+
+    Attributes:
+        name: label in the table (unique within the configuration).
+        class_path: anomalib short name (``Patchcore``) or dotted class path.
+        init_args: keyword arguments of the model.
+        per_view: run a single-view model on flattened data and fuse its maps per instance.
+        pretrained: for per-view models, ``False`` builds backbones without pretrained weights.
+        data: SiM3D arguments that override the shared ``data`` section for this model.
+        trainer: ``Engine`` arguments (``max_epochs``, ...) for this model.
+        test_views: views used at test time: ``"all"``, a fraction ``"1/k"`` or a count.
+    """
+
+    name: str
+    class_path: str
+    init_args: dict[str, Any] = field(default_factory=dict)
+    per_view: bool = False
+    pretrained: bool = True
+    data: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    test_views: str | int = "all"
+
+
+@dataclass
+class JobSpec:
+    """One benchmark job: a model trained and tested on one category, setup and seed.
+
+    Plain data only, so that a job can travel to a worker process.
+    """
+
+    key: str
+    model: ModelEntry
+    category: str
+    setup: str
+    seed: int
+    data: dict[str, Any]
+    output: str
+    accelerator: str
+    fpr_limit: float
+    demo_data: bool
+
+
+@dataclass
+class BenchmarkConfig:
+    """A parsed benchmark configuration; see the module docstring for the keys."""
+
+    name: str
+    output: Path
+    models: list[ModelEntry]
+    categories: list[str]
+    setups: list[str] = field(default_factory=lambda: ["real2real"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    accelerator: str = "auto"
+    fpr_limit: float = 0.01
+    demo_data: bool = False
+    caption: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def slugify(text: str) -> str:
+    """Return ``text`` reduced to letters, digits, dots, dashes and underscores, for file names."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "job"
+
+
+def job_key(model: str, category: str, setup: str, seed: int) -> str:
+    """Return the key that names a job's result file; a rerun skips keys with a finished result."""
+    return f"{slugify(model)}__{slugify(category)}__{setup}__seed{seed}"
+
+
+def _as_list(value: Any, key: str) -> list:  # noqa: ANN401
+    if value is None:
+        msg = f"Benchmark configuration key '{key}' is missing; give a list."
+        raise BenchmarkConfigError(msg)
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def parse_config(raw: dict[str, Any], source: str = "<dict>") -> BenchmarkConfig:
+    """Validate a configuration dictionary and return a :class:`BenchmarkConfig`."""
+    if not isinstance(raw, dict):
+        msg = f"{source}: a benchmark configuration must be a mapping, got {type(raw).__name__}."
+        raise BenchmarkConfigError(msg)
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        msg = f"{source}: unknown keys {sorted(unknown)}; allowed are {sorted(_TOP_KEYS)}."
+        raise BenchmarkConfigError(msg)
+
+    models = []
+    for index, entry in enumerate(_as_list(raw.get("models"), "models")):
+        if not isinstance(entry, dict) or "class_path" not in entry:
+            msg = f"{source}: models[{index}] needs at least 'class_path' (e.g. Patchcore or anomalib_modmap.models.Modmap)."
+            raise BenchmarkConfigError(msg)
+        unknown = set(entry) - _MODEL_KEYS
+        if unknown:
+            msg = f"{source}: models[{index}] has unknown keys {sorted(unknown)}; allowed are {sorted(_MODEL_KEYS)}."
+            raise BenchmarkConfigError(msg)
+        name = str(entry.get("name") or entry["class_path"].rsplit(".", 1)[-1])
+        models.append(
+            ModelEntry(
+                name=name,
+                class_path=str(entry["class_path"]),
+                init_args=dict(entry.get("init_args") or {}),
+                per_view=bool(entry.get("per_view", False)),
+                pretrained=bool(entry.get("pretrained", True)),
+                data=dict(entry.get("data") or {}),
+                trainer=dict(entry.get("trainer") or {}),
+                test_views=entry.get("test_views", "all"),
+            ),
+        )
+    names = [model.name for model in models]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        msg = f"{source}: model names {duplicates} appear more than once; give each entry its own 'name'."
+        raise BenchmarkConfigError(msg)
+    for model in models:
+        parse_test_views(model.test_views)
+
+    setups = [str(setup) for setup in _as_list(raw.get("setups", ["real2real"]), "setups")]
+    for setup in setups:
+        if setup not in SETUPS:
+            msg = f"{source}: unknown setup {setup!r}; choose from {list(SETUPS)}."
+            raise BenchmarkConfigError(msg)
+    accelerator = str(raw.get("accelerator", "auto"))
+    if accelerator not in ACCELERATORS:
+        msg = f"{source}: unknown accelerator {accelerator!r}; choose from {list(ACCELERATORS)}."
+        raise BenchmarkConfigError(msg)
+    fpr_limit = float(raw.get("fpr_limit", 0.01))
+    if not 0.0 < fpr_limit <= 1.0:
+        msg = f"{source}: fpr_limit must lie in (0, 1], got {fpr_limit}."
+        raise BenchmarkConfigError(msg)
+
+    name = str(raw.get("name", Path(source).stem))
+    return BenchmarkConfig(
+        name=name,
+        output=Path(raw.get("output", f"results/benchmark/{slugify(name)}")),
+        models=models,
+        categories=[str(category) for category in _as_list(raw.get("categories"), "categories")],
+        setups=setups,
+        seeds=[int(seed) for seed in _as_list(raw.get("seeds", [0]), "seeds")],
+        accelerator=accelerator,
+        fpr_limit=fpr_limit,
+        demo_data=bool(raw.get("demo_data", False)),
+        caption=str(raw.get("caption", "")),
+        data=dict(raw.get("data") or {}),
+    )
+
+
+def load_config(path: str | Path, output: str | Path | None = None) -> BenchmarkConfig:
+    """Read a YAML benchmark configuration; ``output`` overrides its ``output`` folder."""
+    path = Path(path)
+    if not path.is_file():
+        msg = f"Benchmark configuration {path} not found."
+        raise BenchmarkConfigError(msg)
+    config = parse_config(yaml.safe_load(path.read_text()), source=str(path))
+    if output is not None:
+        config.output = Path(output)
+    return config
+
+
+def parse_test_views(test_views: str | int) -> tuple[str, float | int | None]:
+    """Parse ``test_views`` into ``("all", None)``, ``("fraction", 1/k)`` or ``("count", n)``."""
+    if isinstance(test_views, bool):
+        msg = f"test_views must be 'all', a fraction such as '1/2' or a number of views, got {test_views!r}."
+        raise BenchmarkConfigError(msg)
+    if isinstance(test_views, int):
+        if test_views < 1:
+            msg = f"test_views must be at least 1 view, got {test_views}."
+            raise BenchmarkConfigError(msg)
+        return "count", test_views
+    text = str(test_views).strip()
+    if text == "all":
+        return "all", None
+    if text.isdigit():
+        return parse_test_views(int(text))
+    match = re.fullmatch(r"1\s*/\s*(\d+)", text)
+    if match and int(match.group(1)) >= 1:
+        return "fraction", 1.0 / int(match.group(1))
+    msg = f"test_views must be 'all', a fraction such as '1/2' or a number of views, got {test_views!r}."
+    raise BenchmarkConfigError(msg)
+
+
+def resolve_test_views(test_views: str | int, view_positions: list[int]) -> list[int] | None:
+    """Return the evenly spaced view positions to test among ``view_positions``; ``None`` for all.
+
+    A fraction ``1/k`` keeps ``max(1, round(V / k))`` views; a count larger
+    than the number of views raises.
+    """
+    kind, value = parse_test_views(test_views)
+    total = len(view_positions)
+    if kind == "all":
+        return None
+    count = max(1, round(total * value)) if kind == "fraction" else int(value)
+    if count > total:
+        msg = f"test_views={test_views!r} asks for {count} views, but the instances have {total} selected views."
+        raise BenchmarkConfigError(msg)
+    return [view_positions[index * total // count] for index in range(count)]
+
+
+def expand_jobs(config: BenchmarkConfig) -> list[JobSpec]:
+    """Return one :class:`JobSpec` per model x category x setup x seed, in that nesting order."""
+    jobs = []
+    for model in config.models:
+        for category in config.categories:
+            for setup in config.setups:
+                for seed in config.seeds:
+                    data = {**config.data, **model.data, "category": category, "setup": setup}
+                    jobs.append(
+                        JobSpec(
+                            key=job_key(model.name, category, setup, seed),
+                            model=model,
+                            category=category,
+                            setup=setup,
+                            seed=seed,
+                            data=data,
+                            output=str(config.output),
+                            accelerator=config.accelerator,
+                            fpr_limit=config.fpr_limit,
+                            demo_data=config.demo_data,
+                        ),
+                    )
+    return jobs

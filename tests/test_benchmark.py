@@ -1,0 +1,206 @@
+"""The benchmark grid, its report (CSV, Markdown, plots), failure reporting and rerun skipping."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from anomalib_modmap.benchmark import (
+    BenchmarkConfigError,
+    SiM3DBenchmarkJob,
+    expand_jobs,
+    load_results,
+    markdown_table,
+    parse_config,
+    resolve_test_views,
+    run_benchmark,
+)
+from sim3d_datamodule.testing import make_sim3d_fixture
+
+TINY_VIT = {"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 1, "img_size": 64}
+
+
+def _config(root: Path, output: Path, models: list[dict]) -> dict:
+    return {
+        "name": "tiny",
+        "output": str(output),
+        "accelerator": "cpu",
+        "categories": ["toy"],
+        "setups": ["real2real"],
+        "seeds": [0],
+        "caption": "Random weights: scores are not meaningful.",
+        "data": {"root": str(root), "image_size": 32},
+        "models": models,
+    }
+
+
+def test_config_expands_grid():
+    config = parse_config(
+        {
+            "categories": ["a", "b"],
+            "setups": ["real2real", "synth2real"],
+            "seeds": [0, 1],
+            "data": {"root": "r", "image_size": 64},
+            "models": [{"class_path": "Patchcore", "per_view": True, "data": {"image_size": 256}}, {"name": "M", "class_path": "Modmap"}],
+        },
+    )
+
+    jobs = expand_jobs(config)
+
+    assert len(jobs) == 2 * 2 * 2 * 2
+    assert len({job.key for job in jobs}) == len(jobs)
+    patchcore = next(job for job in jobs if job.model.name == "Patchcore")
+    assert patchcore.data["image_size"] == 256
+    assert patchcore.data["category"] in ("a", "b")
+    assert next(job for job in jobs if job.model.name == "M").data["image_size"] == 64
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"categories": ["a"], "models": [{"class_path": "X"}], "setup": "x"}, "unknown keys"),
+        ({"categories": ["a"], "models": [{"class_path": "X"}], "setups": ["real"]}, "unknown setup"),
+        ({"categories": ["a"], "models": [{"class_path": "X"}, {"class_path": "X"}]}, "more than once"),
+        ({"categories": ["a"], "models": [{"class_path": "X", "test_views": "2/3"}]}, "test_views"),
+        ({"models": [{"class_path": "X"}]}, "categories"),
+    ],
+)
+def test_config_errors(raw, message):
+    with pytest.raises(BenchmarkConfigError, match=message):
+        parse_config(raw)
+
+
+def test_resolve_test_views():
+    views = list(range(8))
+
+    assert resolve_test_views("all", views) is None
+    assert resolve_test_views("1/2", views) == [0, 2, 4, 6]
+    assert resolve_test_views("1/4", views) == [0, 4]
+    assert resolve_test_views(5, views) == [0, 1, 3, 4, 6]
+    with pytest.raises(BenchmarkConfigError, match="9 views"):
+        resolve_test_views(9, views)
+
+
+def test_markdown_table_layout():
+    frame = pd.DataFrame(
+        [
+            {"key": "m_a", "model": "M", "category": "a", "setup": "real2real", "seed": 0, "status": "ok", "I-AUROC": 0.5, "V-AUPRO": 0.25, "time_per_sample_s": 1.0, "peak_memory_mb": 100.0},
+            {"key": "m_a1", "model": "M", "category": "a", "setup": "real2real", "seed": 1, "status": "ok", "I-AUROC": 0.7, "V-AUPRO": 0.35, "time_per_sample_s": 1.0, "peak_memory_mb": 100.0},
+            {"key": "m_b", "model": "M", "category": "b", "setup": "real2real", "seed": 0, "status": "ok", "I-AUROC": 1.0, "V-AUPRO": 0.5, "time_per_sample_s": 3.0, "peak_memory_mb": 300.0},
+            {"key": "p_a", "model": "P", "category": "a", "setup": "real2real", "seed": 0, "status": "failed", "error": "RuntimeError: out of memory"},
+            {"key": "p_b", "model": "P", "category": "b", "setup": "real2real", "seed": 0, "status": "ok", "I-AUROC": 0.25, "V-AUPRO": 0.125, "time_per_sample_s": 2.0, "peak_memory_mb": 50.0},
+        ],
+    )
+
+    table = markdown_table(frame, ["a", "b"], caption="Caption text.")
+    lines = table.splitlines()
+
+    assert lines[0] == "Caption text."
+    assert lines[2] == "| Method | a | b | Mean |"
+    auroc = lines.index("| **I-AUROC** | | | |")
+    aupro = lines.index("| **V-AUPRO@1%** | | | |")
+    assert lines[auroc + 1] == "| M | 0.600 ± 0.141 | 1.000 | 0.800 |"
+    assert lines[auroc + 2] == "| P | failed | 0.250 |  |"
+    assert lines[aupro + 1] == "| M | 0.300 ± 0.071 | 0.500 | 0.400 |"
+    assert "- `p_a`: RuntimeError: out of memory" in lines
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sim3d")
+    make_sim3d_fixture(root, category="toy", views=3, size=(48, 64), setups=("real2real",))
+    return root
+
+
+def test_benchmark_runs_reports_and_skips(fixture_root, tmp_path, monkeypatch):
+    """Two working models and one broken one: the broken job is reported, the others kept, reruns skip them."""
+    output = tmp_path / "bench"
+    models = [
+        {
+            "name": "Modmap",
+            "class_path": "anomalib_modmap.models.Modmap",
+            "init_args": {
+                "image_encoder": "vit_small_patch14_dinov2",
+                "depth_encoder": "vit_small_patch14_dinov2",
+                "image_weights": "random",
+                "depth_weights": "random",
+                "image_encoder_kwargs": TINY_VIT,
+                "depth_encoder_kwargs": TINY_VIT,
+                "max_epochs": 1,
+            },
+            "test_views": 2,
+        },
+        {"name": "PaDiM", "class_path": "Padim", "per_view": True, "pretrained": False, "init_args": {"backbone": "resnet18", "layers": ["layer1"], "n_features": 32}},
+        {"name": "Broken", "class_path": "anomalib_modmap.models.NoSuchModel"},
+    ]
+    config = parse_config(_config(fixture_root, output, models))
+
+    files = run_benchmark(config)
+
+    frame = pd.read_csv(files["csv"])
+    assert sorted(frame["model"]) == ["Broken", "Modmap", "PaDiM"]
+    statuses = dict(zip(frame["model"], frame["status"], strict=True))
+    assert statuses == {"Modmap": "ok", "PaDiM": "ok", "Broken": "failed"}
+    ok = frame[frame["status"] == "ok"]
+    assert ok["I-AUROC"].between(0, 1).all()
+    assert ok["V-AUPRO"].between(0, 1).all()
+    assert (ok["time_per_sample_s"] > 0).all()
+    assert (ok["peak_memory_mb"] > 0).all()
+    assert int(frame.set_index("model").loc["Modmap", "num_test_views"]) == 2
+    assert "NoSuchModel" in frame.set_index("model").loc["Broken", "error"]
+
+    table = files["markdown"].read_text()
+    assert "| Broken | failed |" in table
+    assert "Random weights" in table
+    for name in ("bars_I-AUROC", "bars_V-AUPRO"):
+        assert files[name].stat().st_size > 0
+    assert "pro_toy_real2real" in files
+
+    # A rerun runs only the failed job again.
+    ran = []
+
+    def record(self, task_id=None):
+        ran.append(self.spec.key)
+        return {"key": self.spec.key}
+
+    monkeypatch.setattr(SiM3DBenchmarkJob, "run", record)
+    run_benchmark(config)
+    assert ran == [next(job.key for job in expand_jobs(config) if job.model.name == "Broken")]
+    assert json.loads((output / "jobs" / f"{ran[0]}.json").read_text())["status"] == "failed"
+    assert len(load_results(output)) == 3
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "benchmark"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.stem)
+def test_shipped_configs_parse(path):
+    if path.stem.startswith("anomalib_"):
+        pytest.skip("anomalib's own benchmark format; see test_anomalib_pipeline_builds_jobs")
+    from anomalib_modmap.benchmark import load_config
+
+    config = load_config(path)
+
+    assert expand_jobs(config)
+
+
+def test_anomalib_pipeline_builds_jobs():
+    """anomalib's BenchmarkJobGenerator builds the project's models and SiM3D from the shipped config."""
+    import yaml
+    from anomalib.pipelines.benchmark.generator import BenchmarkJobGenerator
+
+    from anomalib_modmap.registration import register
+
+    # `anomalib benchmark` registers the project's names when anomalib.cli imports; this test
+    # skips the CLI, and an earlier import of anomalib.models may have come before the hook.
+    register()
+    config = yaml.safe_load((CONFIGS / "anomalib_pipeline_demo.yaml").read_text())
+
+    jobs = list(BenchmarkJobGenerator("cpu").generate_jobs(config["benchmark"], None))
+
+    assert [type(job.model).__name__ for job in jobs] == ["Modmap", "CfmSim3d"]
+    assert {type(job.datamodule).__name__ for job in jobs} == {"SiM3D"}
+    assert jobs[1].model.model.pairing == "same_view"
