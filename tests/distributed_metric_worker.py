@@ -9,6 +9,7 @@ writes the synchronised metric values to OUTPUT_JSON.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -70,7 +71,14 @@ def main() -> None:
 
     with open(output, "w", encoding="utf-8") as handle:
         json.dump(result, handle)
+    # Both ranks reach this point before either tears gloo down: a rank that exits while
+    # its peer is still mid-collective can abort with "terminate called without an active exception".
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    # Skip interpreter teardown: destroying gloo's C++ threads during Python's exit
+    # intermittently aborts the process after the result is already written.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
