@@ -37,7 +37,7 @@ _REQUIRED_KEYS = ("format", "timm_name", "timm_kwargs", "state_dict", "modality"
 class EncoderCheckpoint:
     """Contents of an encoder checkpoint file.
 
-    ``state_dict`` holds the timm-keyed tensors of the backbone. ``depth_normalization`` is the
+    ``state_dict`` contains the timm-keyed tensors of the backbone. ``depth_normalization`` is the
     ``sim3d_datamodule.transforms.normalize_depth`` mode that the depth encoder was trained with,
     and ``None`` for image encoders. ``extra`` keeps any further keys of the file.
     """
@@ -100,7 +100,7 @@ def read_encoder_checkpoint(path: str | Path) -> EncoderCheckpoint:
         msg = f"Encoder checkpoint {path} not found; pass the file written by `modmap pretrain-depth/-image`."
         raise FileNotFoundError(msg)
 
-    # weights_only=True: the file holds tensors, strings, numbers and dicts only.
+    # weights_only=True: the file contains tensors, strings, numbers and dicts only.
     payload = torch.load(path, map_location="cpu", weights_only=True)
     return parse_encoder_checkpoint(payload, str(path))
 

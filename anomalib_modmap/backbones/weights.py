@@ -1,6 +1,6 @@
 """Weight resolution and loading for the ViT encoders.
 
-Three file formats are accepted and told apart by their keys:
+Three file formats are accepted and distinguished by their keys:
 
 - timm state_dicts (``.pth``/``.pt``/``.safetensors``, optionally nested under
   ``"model"`` or ``"state_dict"``);
@@ -151,7 +151,7 @@ def _hf_cached_file(hf_hub_id: str) -> Path | None:
 def read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a weights file and return a timm-keyed state_dict and its metadata.
 
-    Metadata holds ``modality``, ``timm_name``, ``timm_kwargs`` and
+    Metadata contains ``modality``, ``timm_name``, ``timm_kwargs`` and
     ``depth_normalization`` for project checkpoints and is empty otherwise.
     """
     # Corrupt or foreign files fail inside safetensors or the unpickler with many exception types

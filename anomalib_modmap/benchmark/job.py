@@ -57,7 +57,7 @@ class _PeakMemory:
 
     On the CPU a thread samples ``/proc/self/statm`` every 20 ms, so the value is
     the process's peak RSS in the block, sampled (allocations shorter than the
-    period can be missed). ``kind`` says which of the two was measured.
+    period can be missed). ``kind`` names which of the two was measured.
     """
 
     def __init__(self, device: torch.device) -> None:

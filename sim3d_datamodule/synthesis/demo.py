@@ -176,22 +176,22 @@ def make_demo_dataset(
 def ensure_demo_dataset(root: Path, category: str = "demo_stool", progress: bool = True, **settings) -> Path:
     """Return ``root/category``, generating it with :func:`make_demo_dataset` unless a complete copy exists.
 
-    A copy is complete when ``root/<category>_demo.json``, written last, holds
+    A copy is complete when ``root/<category>_demo.json``, written last, contains
     the same settings. Otherwise the category folder is deleted and generated
     again, so an interrupted or differently configured run never mixes files.
     """
     root = Path(root)
     folder = root / category
     record = root / f"{category}_demo.json"
-    wanted = {"category": category, **{key: list(value) if isinstance(value, tuple) else value for key, value in sorted(settings.items())}}
+    expected_settings = {"category": category, **{key: list(value) if isinstance(value, tuple) else value for key, value in sorted(settings.items())}}
     if folder.is_dir() and record.is_file():
         try:
-            if json.loads(record.read_text()) == wanted:
+            if json.loads(record.read_text()) == expected_settings:
                 return folder
         except json.JSONDecodeError:
             pass
     if folder.is_dir():
         shutil.rmtree(folder)
     make_demo_dataset(root, category, progress=progress, **settings)
-    record.write_text(json.dumps(wanted, indent=1))
+    record.write_text(json.dumps(expected_settings, indent=1))
     return folder

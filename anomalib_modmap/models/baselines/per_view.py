@@ -2,7 +2,7 @@
 
 Any anomalib model (Patchcore, Padim, CFM, EfficientAd, ...) trains and tests
 unchanged on SiM3D's flattened mode (``SiM3D(flatten=True)``), where every batch
-holds single views: ``image`` ``(B, 3, S, S)`` and the camera-frame xyz map
+contains single views: ``image`` ``(B, 3, S, S)`` and the camera-frame xyz map
 ``depth_map`` ``(B, 3, S, S)``. :class:`PerViewVolumeFusion` is a Lightning
 callback that gathers the model's test anomaly maps by (instance, view),
 reloads each test instance's depth, calibration and ground-truth voxel grid
