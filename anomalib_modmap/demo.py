@@ -53,7 +53,7 @@ def run_demo(
     from sim3d_datamodule.datamodule import SiM3D
     from sim3d_datamodule.synthesis.demo import ensure_demo_dataset
 
-    ensure_demo_dataset(root, category=category)
+    ensure_demo_dataset(root, category=category, synth=True)
     model = Modmap(
         image_encoder=image_encoder,
         depth_encoder=depth_encoder,

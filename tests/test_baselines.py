@@ -13,10 +13,15 @@ from anomalib_modmap.backbones import get_encoder_config
 from anomalib_modmap.models import CfmSim3d, Modmap
 from anomalib_modmap.models.baselines import (
     BaselineWeightsError,
+    PerViewVolumeFusion,
     build_per_view_model,
+    check_per_view_data,
     check_pointmae_weights,
+    efficient_ad_teacher_path,
     fuse_view_maps,
+    per_view_data_defaults,
     score_volumes,
+    write_penalty_images,
     write_random_pointmae_weights,
 )
 from anomalib_modmap.volume import fuse_anomaly_volume
@@ -130,6 +135,113 @@ def test_cfm_loads_written_pointmae_weights(tmp_path):
     loaded = model.model.feature_extractors.extractors.xyz_backbone.state_dict()
     name = next(key for key in stored if key.startswith("encoder.") and key in loaded)
     torch.testing.assert_close(loaded[name], stored[name])
+
+
+def test_cfm_at_a_reduced_input_size(tmp_path):
+    """input_size builds CFM's DINO backbone and pre-processor for that size, and its maps come out at it."""
+    model = build_per_view_model(
+        "CFM",
+        {"pointmae_weights": "random", "group_size": 8, "num_group": 16},
+        pretrained=False,
+        weights_dir=tmp_path,
+        input_size=56,
+    )
+    backbone = model.model.feature_extractors.extractors.rgb_backbone
+
+    assert tuple(backbone.patch_embed.img_size) == (56, 56)
+    assert backbone.pos_embed.shape[1] == 1 + (56 // 8) ** 2
+    assert model.pre_processor.transform.size == [56, 56]
+    assert (tmp_path / "pointmae_random_g8_n16.pth").is_file()
+
+    image = torch.rand(1, 3, 56, 56)
+    xyz = torch.rand(1, 3, 56, 56) + 0.5
+    xyz[..., :4] = 0
+    model.eval()
+    with torch.no_grad():
+        output = model.model(image, xyz)
+    assert output.anomaly_map.shape[-2:] == (56, 56)
+    assert torch.isfinite(output.anomaly_map).all()
+
+
+def test_efficient_ad_names_its_downloads(tmp_path, monkeypatch):
+    import anomalib.utils.path
+
+    monkeypatch.setattr(anomalib.utils.path, "get_pretrained_weights_dir", lambda: tmp_path / "pre_trained")
+    images = write_penalty_images(tmp_path / "images", count=2, size=32)
+
+    with pytest.raises(BaselineWeightsError, match="imagenette2.tgz") as raised:
+        build_per_view_model("EfficientAd", {"imagenet_dir": str(tmp_path / "missing")}, pretrained=False)
+    assert str(tmp_path / "missing") in str(raised.value)
+
+    with pytest.raises(BaselineWeightsError, match="efficientad_pretrained_weights.zip") as raised:
+        build_per_view_model("EfficientAd", {"imagenet_dir": str(images)}, pretrained=True)
+    assert str(efficient_ad_teacher_path("small")) in str(raised.value)
+    assert efficient_ad_teacher_path("small").name == "pretrained_teacher_small.pth"
+
+    with pytest.raises(ValueError, match="pretrained=False"):
+        build_per_view_model("EfficientAd", {"imagenet_dir": "random"}, pretrained=True)
+    with pytest.raises(ValueError, match="at least 256 pixels"):
+        build_per_view_model("EfficientAd", {"imagenet_dir": str(images)}, pretrained=False, input_size=112)
+
+
+def test_penalty_images_form_an_image_folder(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    folder = write_penalty_images(tmp_path / "images", count=3, size=24)
+    first = (folder / "textures" / "texture_000.png").read_bytes()
+
+    dataset = ImageFolder(folder)
+    assert len(dataset) == 3
+    assert dataset[0][0].size == (24, 24)
+    write_penalty_images(folder, count=3, size=24, seed=1)
+    assert (folder / "textures" / "texture_000.png").read_bytes() == first
+
+
+def test_efficient_ad_trains_offline_and_fuses(fixture_root, tmp_path):
+    """EfficientAd with a random teacher and texture images trains per view; its maps become volumes."""
+    from anomalib.engine import Engine
+
+    model = build_per_view_model(
+        "EfficientAd",
+        {"imagenet_dir": "random", "teacher_out_channels": 16},
+        pretrained=False,
+        weights_dir=tmp_path,
+    )
+    # EfficientAd's autoencoder needs 256-pixel inputs, and its teacher statistics see the views unresized.
+    datamodule = SiM3D(root=fixture_root, category="toy", image_size=256, flatten=True, normalize_image=False, **per_view_data_defaults("EfficientAd"))
+    fusion = PerViewVolumeFusion(progress=False)
+    engine = Engine(
+        default_root_dir=tmp_path / "run",
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        max_epochs=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[fusion],
+    )
+
+    engine.fit(model, datamodule=datamodule)
+    engine.test(model, datamodule=datamodule, verbose=False)
+
+    assert datamodule.train_batch_size == 1
+    assert len(fusion.view_maps) == len(fusion.volumes) * VIEWS
+    assert all(torch.isfinite(volume.anomaly_maps).all() for volume in fusion.volumes)
+    assert 0.0 <= fusion.metrics["instance_AUROC"] <= 1.0
+    assert 0.0 <= fusion.metrics["voxel_AUPRO@1%"] <= 1.0
+
+
+def test_efficient_ad_view_size_check():
+    with pytest.raises(ValueError, match="image_size: 256"):
+        check_per_view_data("EfficientAd", 112)
+    check_per_view_data("EfficientAd", 256)
+    check_per_view_data("Patchcore", 32)
+
+
+def test_per_view_batch_sizes():
+    assert per_view_data_defaults("CFM") == {"train_batch_size": 1, "eval_batch_size": 1}
+    assert per_view_data_defaults("anomalib.models.EfficientAd") == {"train_batch_size": 1}
+    assert per_view_data_defaults("Patchcore") == {}
 
 
 def test_patchcore_built_without_download():

@@ -56,6 +56,13 @@ def test_config_expands_grid():
     assert patchcore.data["image_size"] == 256
     assert patchcore.data["category"] in ("a", "b")
     assert next(job for job in jobs if job.model.name == "M").data["image_size"] == 64
+    assert patchcore.model.input_size is None
+
+
+def test_config_input_size():
+    config = parse_config({"categories": ["a"], "models": [{"class_path": "CFM", "per_view": True, "input_size": 112}]})
+
+    assert config.models[0].input_size == 112
 
 
 @pytest.mark.parametrize(
@@ -66,6 +73,8 @@ def test_config_expands_grid():
         ({"categories": ["a"], "models": [{"class_path": "X"}, {"class_path": "X"}]}, "more than once"),
         ({"categories": ["a"], "models": [{"class_path": "X", "test_views": "2/3"}]}, "test_views"),
         ({"models": [{"class_path": "X"}]}, "categories"),
+        ({"categories": ["a"], "models": [{"class_path": "X", "input_size": 112}]}, "per-view models only"),
+        ({"categories": ["a"], "models": [{"class_path": "X", "per_view": True, "input_size": "big"}]}, "positive number of pixels"),
     ],
 )
 def test_config_errors(raw, message):
@@ -191,6 +200,7 @@ def test_anomalib_pipeline_builds_jobs():
     """anomalib's BenchmarkJobGenerator builds the project's models and SiM3D from the shipped config."""
     import yaml
     from anomalib.pipelines.benchmark.generator import BenchmarkJobGenerator
+    from anomalib.pipelines.benchmark.job import BenchmarkJob
 
     from anomalib_modmap.registration import register
 
@@ -202,5 +212,8 @@ def test_anomalib_pipeline_builds_jobs():
     jobs = list(BenchmarkJobGenerator("cpu").generate_jobs(config["benchmark"], None))
 
     assert [type(job.model).__name__ for job in jobs] == ["Modmap", "CfmSim3d"]
+    # BenchmarkJob.collect takes its columns from the first result: every job must log the same keys.
+    assert len({tuple(sorted(job.flat_cfg)) for job in jobs}) == 1
+    assert len(BenchmarkJob.collect([job.flat_cfg for job in jobs])) == len(jobs)
     assert {type(job.datamodule).__name__ for job in jobs} == {"SiM3D"}
     assert jobs[1].model.model.pairing == "same_view"

@@ -24,6 +24,7 @@ A configuration file looks like this (every key but ``models`` and
         class_path: Patchcore
         per_view: true                    # flattened data, anomaly maps fused per instance
         pretrained: false                 # pre_trained=False backbones (no download)
+        input_size: 112                   # views resized to 112 x 112 before the model
         init_args: {backbone: resnet18, layers: [layer2, layer3]}
         data: {train_batch_size: 8}       # per-model SiM3D overrides
         trainer: {max_epochs: 1}          # per-model Engine arguments
@@ -40,7 +41,7 @@ import yaml
 
 SETUPS = ("real2real", "synth2real")
 ACCELERATORS = ("auto", "cpu", "cuda")
-_MODEL_KEYS = {"name", "class_path", "init_args", "per_view", "pretrained", "data", "trainer", "test_views"}
+_MODEL_KEYS = {"name", "class_path", "init_args", "per_view", "pretrained", "input_size", "data", "trainer", "test_views"}
 _TOP_KEYS = {"name", "output", "accelerator", "categories", "setups", "seeds", "fpr_limit", "demo_data", "caption", "data", "models"}
 
 
@@ -58,6 +59,8 @@ class ModelEntry:
         init_args: keyword arguments of the model.
         per_view: run a single-view model on flattened data and fuse its maps per instance.
         pretrained: for per-view models, ``False`` builds backbones without pretrained weights.
+        input_size: for per-view models, the square size in pixels each view is resized to
+            before the model; ``None`` keeps the model's default (224 for CFM).
         data: SiM3D arguments that override the shared ``data`` section for this model.
         trainer: ``Engine`` arguments (``max_epochs``, ...) for this model.
         test_views: views used at test time: ``"all"``, a fraction ``"1/k"`` or a count.
@@ -68,6 +71,7 @@ class ModelEntry:
     init_args: dict[str, Any] = field(default_factory=dict)
     per_view: bool = False
     pretrained: bool = True
+    input_size: int | None = None
     data: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
     test_views: str | int = "all"
@@ -126,6 +130,18 @@ def _as_list(value: Any, key: str) -> list:  # noqa: ANN401
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
+def _input_size(value: Any, where: str, per_view: bool) -> int | None:  # noqa: ANN401
+    if value is None:
+        return None
+    if not per_view:
+        msg = f"{where}: input_size applies to per-view models only; set the image size of multi-view models with data.image_size."
+        raise BenchmarkConfigError(msg)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"{where}: input_size must be a positive number of pixels, got {value!r}."
+        raise BenchmarkConfigError(msg)
+    return value
+
+
 def parse_config(raw: dict[str, Any], source: str = "<dict>") -> BenchmarkConfig:
     """Validate a configuration dictionary and return a :class:`BenchmarkConfig`."""
     if not isinstance(raw, dict):
@@ -153,6 +169,7 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> BenchmarkConfig
                 init_args=dict(entry.get("init_args") or {}),
                 per_view=bool(entry.get("per_view", False)),
                 pretrained=bool(entry.get("pretrained", True)),
+                input_size=_input_size(entry.get("input_size"), f"{source}: models[{index}]", bool(entry.get("per_view", False))),
                 data=dict(entry.get("data") or {}),
                 trainer=dict(entry.get("trainer") or {}),
                 test_views=entry.get("test_views", "all"),

@@ -161,7 +161,13 @@ class SiM3DBenchmarkJob(Job):
         from anomalib.engine import Engine
         from lightning import seed_everything
 
-        from anomalib_modmap.models.baselines.per_view import PerViewVolumeFusion, build_per_view_model, score_volumes
+        from anomalib_modmap.models.baselines.per_view import (
+            PerViewVolumeFusion,
+            build_per_view_model,
+            check_per_view_data,
+            per_view_data_defaults,
+            score_volumes,
+        )
         from sim3d_datamodule.datamodule import SiM3D
 
         from .collect import VolumeCollector, pro_curve_of
@@ -172,24 +178,28 @@ class SiM3DBenchmarkJob(Job):
         if spec.demo_data and spec.category.startswith("demo_"):
             from sim3d_datamodule.synthesis.demo import ensure_demo_dataset
 
-            ensure_demo_dataset(Path(spec.data.get("root", "datasets/demo")), category=spec.category)
+            ensure_demo_dataset(Path(spec.data.get("root", "datasets/demo")), category=spec.category, synth=True)
 
         data_args = dict(spec.data)
         data_args.setdefault("seed", spec.seed)
         if spec.model.per_view:
             data_args["flatten"] = True
             data_args.setdefault("normalize_image", False)
+            for name, value in per_view_data_defaults(spec.model.class_path).items():
+                data_args.setdefault(name, value)
         datamodule = SiM3D(**data_args)
         datamodule.setup()
         test_views = resolve_test_views(spec.model.test_views, list(datamodule.view_indices))
 
         job_dir = Path(spec.output) / "runs" / spec.key
         if spec.model.per_view:
+            check_per_view_data(spec.model.class_path, datamodule.image_size)
             model = build_per_view_model(
                 spec.model.class_path,
                 spec.model.init_args,
                 pretrained=spec.model.pretrained,
                 weights_dir=Path(spec.output) / "weights",
+                input_size=spec.model.input_size,
             )
             collector = PerViewVolumeFusion(views=test_views, fpr_limit=spec.fpr_limit, progress=False)
         else:

@@ -32,6 +32,9 @@ from anomalib_modmap.models.modmap.anomaly_map import clean_foreground
 logger = logging.getLogger(__name__)
 
 POINTMAE_URL = "https://github.com/Pang-Yatian/Point-MAE/releases/download/main/pretrain.pth"
+EFFICIENTAD_WEIGHTS_URL = "https://github.com/open-edge-platform/anomalib/releases/download/efficientad_pretrained_weights/efficientad_pretrained_weights.zip"
+EFFICIENTAD_MIN_INPUT = 256
+IMAGENETTE_URL = "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz"
 
 
 @dataclass
@@ -254,26 +257,33 @@ def check_pointmae_weights(pointmae_weights: str | Path | None) -> Path:
 
 
 @contextlib.contextmanager
-def random_timm_weights() -> Iterator[None]:
-    """Make ``timm.create_model`` build models with random weights inside the block.
+def timm_overrides(**overrides: Any) -> Iterator[None]:  # noqa: ANN401
+    """Add keyword arguments to every ``timm.create_model`` call inside the block.
 
-    anomalib's CFM creates its DINO image backbone with ``pretrained=True`` and
-    offers no switch; this context builds it without a download. Anomaly
-    scores of such a model are not meaningful.
+    anomalib's CFM creates its DINO image backbone with ``pretrained=True`` and a
+    fixed 224-pixel input, and offers no switch for either. ``pretrained=False``
+    builds it without a download (anomaly scores are then not meaningful);
+    ``img_size=S`` builds it for ``S x S`` inputs (timm resamples the position
+    embedding of pretrained weights to the new token grid).
     """
     import timm
 
     original = timm.create_model
 
-    def create_without_weights(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
-        kwargs["pretrained"] = False
+    def create_with_overrides(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        kwargs.update(overrides)
         return original(*args, **kwargs)
 
-    timm.create_model = create_without_weights
+    timm.create_model = create_with_overrides
     try:
         yield
     finally:
         timm.create_model = original
+
+
+def random_timm_weights() -> contextlib.AbstractContextManager[None]:
+    """Make ``timm.create_model`` build models with random weights inside the block."""
+    return timm_overrides(pretrained=False)
 
 
 def _import_class(class_path: str) -> type:
@@ -288,28 +298,38 @@ def build_per_view_model(
     init_args: dict[str, Any] | None = None,
     pretrained: bool = True,
     weights_dir: str | Path | None = None,
+    input_size: int | None = None,
 ) -> Any:  # noqa: ANN401
     """Build a single-view anomalib model for :class:`PerViewVolumeFusion`.
 
     The model keeps raw scores (no normalisation or thresholding, which would
     clip scores before the fusion), and its own image-level evaluator and
     visualiser are off because flattened SiM3D batches carry no pixel masks; the
-    volumetric metrics come from the fusion.
+    volumetric metrics come from the fusion. Nothing is downloaded: a missing
+    weight file or dataset raises :class:`BaselineWeightsError` with the address
+    to fetch it from and the place to put it.
 
     Args:
         class_path: ``Patchcore``, ``Padim``, ``CFM``, ``EfficientAd``, ... or a dotted class path.
-            NOTE: EfficientAd downloads teacher weights and Imagenette while training; it has
-            not been run here, where no download is possible.
         init_args: the model's keyword arguments.
-        pretrained: ``False`` builds CNN backbones with ``pre_trained=False`` and
-            CFM's DINO backbone with random weights, for machines without the weight
-            files. Scores are then not meaningful. With ``pretrained=False``, CFM also
-            accepts ``pointmae_weights: random``, which writes random Point-MAE weights
-            under ``weights_dir`` (default: ``./weights``).
+        pretrained: ``False`` builds the model with random weights wherever it would
+            load pretrained ones, for machines without the weight files; scores are
+            then not meaningful. CNN backbones get ``pre_trained=False``, CFM's DINO
+            backbone random weights and EfficientAd a random teacher. With
+            ``pretrained=False`` two placeholders also work: CFM's
+            ``pointmae_weights: random`` writes random Point-MAE weights, and
+            EfficientAd's ``imagenet_dir: random`` writes a folder of random texture
+            images in place of Imagenette, both under ``weights_dir`` (default ``./weights``).
+        weights_dir: folder for the placeholders above.
+        input_size: resize every view to ``input_size x input_size`` pixels before the
+            model, in place of the model's default size (224 for CFM, 256 for most
+            others). CFM's DINO backbone is then built for that size; EfficientAd
+            needs at least 256 pixels.
 
     Raises:
-        BaselineWeightsError: when CFM's ``pointmae_weights`` file is missing, or when
-            building with ``pretrained=True`` fails for lack of a weights download.
+        BaselineWeightsError: when a weight file or dataset the model needs is not on
+            this machine, or when building with ``pretrained=True`` fails for lack of a
+            weights download.
     """
     from anomalib.post_processing import PostProcessor
 
@@ -318,23 +338,30 @@ def build_per_view_model(
     kwargs.setdefault("post_processor", PostProcessor(enable_normalization=False, enable_thresholding=False))
     kwargs.setdefault("evaluator", False)
     kwargs.setdefault("visualizer", False)
+    if input_size is not None:
+        kwargs.setdefault("pre_processor", cls.configure_pre_processor(image_size=(int(input_size), int(input_size))))
+    weights_dir = Path(weights_dir or "weights")
+
     is_cfm = cls.__name__ == "CFM"
-    if is_cfm and kwargs.get("pointmae_weights") == "random":
-        if pretrained:
-            msg = "pointmae_weights='random' needs pretrained=False: a CFM with random Point-MAE weights gives meaningless scores."
-            raise ValueError(msg)
-        group_size, num_group = int(kwargs.get("group_size", 128)), int(kwargs.get("num_group", 1024))
-        target = Path(weights_dir or "weights") / f"pointmae_random_g{group_size}_n{num_group}.pth"
-        kwargs["pointmae_weights"] = str(target if target.is_file() else write_random_pointmae_weights(target, group_size, num_group))
     if is_cfm:
-        kwargs["pointmae_weights"] = str(check_pointmae_weights(kwargs.get("pointmae_weights")))
+        _prepare_cfm_arguments(kwargs, pretrained, weights_dir)
+    is_efficient_ad = cls.__name__ == "EfficientAd"
+    if is_efficient_ad and input_size is not None and input_size < EFFICIENTAD_MIN_INPUT:
+        msg = f"EfficientAd needs inputs of at least {EFFICIENTAD_MIN_INPUT} pixels (its autoencoder downsamples 64 times), got input_size={input_size}."
+        raise ValueError(msg)
+    if is_efficient_ad:
+        _prepare_efficient_ad_arguments(kwargs, pretrained, weights_dir)
     if not pretrained and "pre_trained" in _init_parameters(cls):
         kwargs["pre_trained"] = False
 
-    context = random_timm_weights() if (is_cfm and not pretrained) else contextlib.nullcontext()
+    overrides: dict[str, Any] = {}
+    if is_cfm and not pretrained:
+        overrides["pretrained"] = False
+    if is_cfm and input_size is not None:
+        overrides["img_size"] = int(input_size)
     try:
-        with context:
-            return cls(**kwargs)
+        with timm_overrides(**overrides) if overrides else contextlib.nullcontext():
+            model = cls(**kwargs)
     except (OSError, RuntimeError) as error:
         if not pretrained:
             raise
@@ -344,6 +371,120 @@ def build_per_view_model(
             "(random backbone; scores are then not meaningful)."
         )
         raise BaselineWeightsError(msg) from error
+    if is_efficient_ad and not pretrained:
+        _keep_random_teacher(model)
+    return model
+
+
+def per_view_data_defaults(class_path: str) -> dict[str, int]:
+    """Return the SiM3D batch sizes a single-view model needs, for arguments the user left unset.
+
+    anomalib's CFM takes the zero-padding mask of the first sample of a batch for
+    every sample, while each view of an instance has its own foreground, so CFM
+    runs one view per batch. EfficientAd trains on batches of one image by design.
+    """
+    name = class_path.rsplit(".", 1)[-1]
+    if name == "CFM":
+        return {"train_batch_size": 1, "eval_batch_size": 1}
+    if name == "EfficientAd":
+        return {"train_batch_size": 1}
+    return {}
+
+
+def check_per_view_data(class_path: str, image_size: int) -> None:
+    """Raise ``ValueError`` when flattened SiM3D views of ``image_size`` pixels cannot feed the model.
+
+    EfficientAd computes its teacher's channel statistics on the datamodule's
+    images before its pre-processor resizes them, and its autoencoder needs at
+    least 256 pixels, so its SiM3D ``image_size`` must be at least 256.
+    """
+    if class_path.rsplit(".", 1)[-1] == "EfficientAd" and int(image_size) < EFFICIENTAD_MIN_INPUT:
+        msg = (
+            f"EfficientAd needs SiM3D views of at least {EFFICIENTAD_MIN_INPUT} pixels, got image_size={image_size}; "
+            f"set image_size: {EFFICIENTAD_MIN_INPUT} for this model (in a benchmark: the model's data section)."
+        )
+        raise ValueError(msg)
+
+
+def _prepare_cfm_arguments(kwargs: dict[str, Any], pretrained: bool, weights_dir: Path) -> None:
+    if kwargs.get("pointmae_weights") == "random":
+        if pretrained:
+            msg = "pointmae_weights='random' needs pretrained=False: a CFM with random Point-MAE weights gives meaningless scores."
+            raise ValueError(msg)
+        group_size, num_group = int(kwargs.get("group_size", 128)), int(kwargs.get("num_group", 1024))
+        target = weights_dir / f"pointmae_random_g{group_size}_n{num_group}.pth"
+        kwargs["pointmae_weights"] = str(target if target.is_file() else write_random_pointmae_weights(target, group_size, num_group))
+    kwargs["pointmae_weights"] = str(check_pointmae_weights(kwargs.get("pointmae_weights")))
+
+
+def efficient_ad_teacher_path(model_size: str = "small") -> Path:
+    """Return where anomalib looks for EfficientAd's pretrained teacher of ``model_size`` (``small`` or ``medium``)."""
+    from anomalib.models.image.efficient_ad.torch_model import EfficientAdModelSize
+    from anomalib.utils.path import get_pretrained_weights_dir
+
+    size = EfficientAdModelSize(getattr(model_size, "value", model_size)).value
+    return get_pretrained_weights_dir() / "efficientad_pretrained_weights" / f"pretrained_teacher_{size}.pth"
+
+
+def _prepare_efficient_ad_arguments(kwargs: dict[str, Any], pretrained: bool, weights_dir: Path) -> None:
+    imagenet_dir = kwargs.get("imagenet_dir", "./datasets/imagenette")
+    if imagenet_dir == "random":
+        if pretrained:
+            msg = "imagenet_dir='random' needs pretrained=False: EfficientAd trained against random textures gives meaningless scores."
+            raise ValueError(msg)
+        kwargs["imagenet_dir"] = str(write_penalty_images(weights_dir / "penalty_images"))
+    elif not _has_images(Path(imagenet_dir)):
+        msg = (
+            f"EfficientAd needs the Imagenette images in imagenet_dir ({imagenet_dir} has none). Download "
+            f"{IMAGENETTE_URL}, extract it there (class folders of JPEG images), or pass imagenet_dir='random' "
+            "with pretrained=False for a trial run (scores are then not meaningful)."
+        )
+        raise BaselineWeightsError(msg)
+    teacher = efficient_ad_teacher_path(kwargs.get("model_size", "small"))
+    if pretrained and not teacher.is_file():
+        msg = (
+            f"EfficientAd needs its pretrained teacher {teacher}. Download {EFFICIENTAD_WEIGHTS_URL} and extract it "
+            f"into {teacher.parent.parent}, or build with pretrained=False (random teacher; scores are then not meaningful)."
+        )
+        raise BaselineWeightsError(msg)
+
+
+def _has_images(folder: Path) -> bool:
+    suffixes = {".jpeg", ".jpg", ".png"}
+    return folder.is_dir() and any(path.suffix.lower() in suffixes for path in folder.rglob("*"))
+
+
+def write_penalty_images(folder: str | Path, count: int = 32, size: int = 256, seed: int = 0) -> Path:
+    """Write ``count`` random texture images as one class folder, a stand-in for Imagenette.
+
+    EfficientAd's training penalises the student on generic images; without the
+    Imagenette download, these smooth random textures keep the pipeline running.
+    Scores of a model trained this way are not meaningful. Existing images are kept.
+    """
+    from PIL import Image
+
+    folder = Path(folder)
+    target = folder / "textures"
+    if _has_images(target):
+        return folder
+    target.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    for index in range(count):
+        coarse = torch.rand(1, 3, 8, 8, generator=generator)
+        fine = torch.rand(1, 3, size, size, generator=generator)
+        image = 0.8 * F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False) + 0.2 * fine
+        pixels = (image[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(target / f"texture_{index:03d}.png")
+    return folder
+
+
+def _keep_random_teacher(model: Any) -> None:  # noqa: ANN401
+    """Make an EfficientAd skip loading its pretrained teacher at the start of training."""
+
+    def keep_teacher() -> None:
+        logger.warning("EfficientAd keeps a randomly initialised teacher (pretrained=False): its scores are not meaningful.")
+
+    model.prepare_pretrained_model = keep_teacher
 
 
 def _init_parameters(cls: type) -> set[str]:
