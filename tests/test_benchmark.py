@@ -11,6 +11,7 @@ import pytest
 from anomalib_modmap.benchmark import (
     BenchmarkConfigError,
     SiM3DBenchmarkJob,
+    SiM3DBenchmarkJobGenerator,
     expand_jobs,
     load_results,
     markdown_table,
@@ -180,6 +181,24 @@ def test_benchmark_runs_reports_and_skips(fixture_root, tmp_path, monkeypatch):
     assert ran == [next(job.key for job in expand_jobs(config) if job.model.name == "Broken")]
     assert json.loads((output / "jobs" / f"{ran[0]}.json").read_text())["status"] == "failed"
     assert len(load_results(output)) == 3
+
+
+def test_jobs_run_in_parallel_worker_processes(fixture_root, tmp_path):
+    """anomalib's ParallelRunner (one spawned process per GPU on CUDA machines) runs the jobs; here two CPU workers."""
+    from anomalib.pipelines.components.runners import ParallelRunner
+
+    padim = {"class_path": "Padim", "per_view": True, "pretrained": False, "init_args": {"backbone": "resnet18", "layers": ["layer1"], "n_features": 16}}
+    models = [{**padim, "name": "PaDiM A"}, {**padim, "name": "PaDiM B"}]
+    config = parse_config(_config(fixture_root, tmp_path / "bench", models))
+    generator = SiM3DBenchmarkJobGenerator(config)
+
+    results = ParallelRunner(generator, n_jobs=2).run({})
+
+    assert sorted(results["model"]) == ["PaDiM A", "PaDiM B"]
+    assert set(results["status"]) == {"ok"}
+    stored = load_results(config.output)
+    assert sorted(stored["model"]) == ["PaDiM A", "PaDiM B"]
+    assert stored["I-AUROC"].between(0, 1).all()
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "benchmark"
