@@ -236,3 +236,26 @@ def test_anomalib_pipeline_builds_jobs():
     assert len(BenchmarkJob.collect([job.flat_cfg for job in jobs])) == len(jobs)
     assert {type(job.datamodule).__name__ for job in jobs} == {"SiM3D"}
     assert jobs[1].model.model.pairing == "same_view"
+
+
+def test_cpu_peak_memory_sees_an_allocation_in_the_block():
+    """The CPU peak of a block that makes a 256 MiB tensor exceeds that of an idle block after a freed one."""
+    import time
+
+    import torch
+
+    from anomalib_modmap.benchmark.job import _PeakMemory
+
+    earlier = torch.ones(64, 2**20)  # 256 MiB, freed before the block
+    earlier.add_(1)
+    del earlier
+    with _PeakMemory(torch.device("cpu")) as quiet:
+        time.sleep(0.1)
+    with _PeakMemory(torch.device("cpu")) as busy:
+        block = torch.ones(64, 2**20)
+        block.add_(1)
+        time.sleep(0.1)
+        del block
+
+    assert quiet.kind == "cpu_rss"
+    assert busy.peak_bytes - quiet.peak_bytes > 200 * 2**20

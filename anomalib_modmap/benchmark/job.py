@@ -57,7 +57,10 @@ class _PeakMemory:
 
     On the CPU a thread samples ``/proc/self/statm`` every 20 ms, so the value is
     the process's peak RSS in the block, sampled (allocations shorter than the
-    period can be missed). ``kind`` names which of the two was measured.
+    period can be missed). Jobs share one process, so before the block the
+    garbage collector runs and glibc hands freed heap pages back to the system
+    (``malloc_trim``); otherwise memory freed by earlier jobs would still count.
+    ``kind`` names which of the two was measured.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -71,6 +74,7 @@ class _PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            _release_free_memory()
             self.peak_bytes = _rss_bytes()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -88,6 +92,22 @@ class _PeakMemory:
         if self._thread is not None:
             self._thread.join()
         self.peak_bytes = max(self.peak_bytes, _rss_bytes())
+
+
+def _release_free_memory() -> None:
+    """Collect garbage and return glibc's free heap pages to the system, where glibc is the C library."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    library = ctypes.util.find_library("c")
+    if library is None:
+        return
+    try:
+        ctypes.CDLL(library).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return
 
 
 def _rss_bytes() -> int:
