@@ -259,3 +259,16 @@ def test_cpu_peak_memory_sees_an_allocation_in_the_block():
 
     assert quiet.kind == "cpu_rss"
     assert busy.peak_bytes - quiet.peak_bytes > 200 * 2**20
+
+
+def test_report_colours_follow_the_model():
+    """Every model keeps one colour across setups, and twelve models get twelve colours."""
+    from anomalib_modmap.benchmark.report import model_colors
+
+    models = [f"model {index}" for index in range(12)]
+    frame = pd.DataFrame({"model": [name for name in models for _ in ("real2real", "synth2real")]})
+
+    colors = model_colors(frame)
+
+    assert list(colors) == models
+    assert len(set(colors.values())) == 12

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -109,6 +109,18 @@ def markdown_table(frame: pd.DataFrame, categories: list[str], caption: str = ""
     return "\n".join(text) + "\n"
 
 
+SETUP_HATCHES = {"real2real": "", "synth2real": "//"}
+
+
+def model_colors(frame: pd.DataFrame) -> dict[str, Any]:
+    """Give each model one colour for every plot of a report; setups differ by hatching, not colour."""
+    import matplotlib as mpl
+
+    models = list(dict.fromkeys(frame["model"]))
+    palette = mpl.colormaps["tab10" if len(models) <= 10 else "tab20"]
+    return {model: palette(index % palette.N) for index, model in enumerate(models)}
+
+
 def plot_bars(frame: pd.DataFrame, categories: list[str], metric: str, path: Path, title: str) -> Path:
     """Write grouped bars of ``metric`` (mean over seeds): one group per category, one bar per method."""
     import matplotlib as mpl
@@ -118,14 +130,24 @@ def plot_bars(frame: pd.DataFrame, categories: list[str], metric: str, path: Pat
 
     ok = frame[frame["status"] == "ok"]
     methods = list(dict.fromkeys(frame["method"]))
+    colors = model_colors(frame)
     width = 0.8 / max(1, len(methods))
     figure, axis = plt.subplots(figsize=(max(5.0, 1.6 * len(categories) * max(1, len(methods)) * 0.5 + 2), 4))
     positions = np.arange(len(categories))
     for index, method in enumerate(methods):
         rows = ok[ok["method"] == method]
+        first = frame[frame["method"] == method].iloc[0]
         heights = [rows[rows["category"] == category][metric].astype(float).mean() for category in categories]
         heights = [0.0 if np.isnan(value) else value for value in heights]
-        axis.bar(positions + (index - (len(methods) - 1) / 2) * width, heights, width, label=method)
+        axis.bar(
+            positions + (index - (len(methods) - 1) / 2) * width,
+            heights,
+            width,
+            label=method,
+            color=colors[first["model"]],
+            hatch=SETUP_HATCHES.get(str(first["setup"]), ""),
+            edgecolor="white",
+        )
     axis.set_xticks(positions, categories)
     axis.set_ylim(0.0, 1.0)
     axis.set_ylabel(metric)
@@ -148,6 +170,7 @@ def plot_pro_curves(frame: pd.DataFrame, output: Path, category: str, setup: str
     rows = frame[(frame["status"] == "ok") & (frame["category"] == category) & (frame["setup"] == setup)].sort_values("seed")
     if rows.empty:
         return None
+    colors = model_colors(frame)
     figure, axis = plt.subplots(figsize=(5.5, 4))
     plotted = False
     for method, group in rows.groupby("method", sort=False):
@@ -158,7 +181,7 @@ def plot_pro_curves(frame: pd.DataFrame, output: Path, category: str, setup: str
         curve = np.load(curve_path)
         if curve["fpr"].size == 0:
             continue
-        axis.plot(curve["fpr"], curve["pro"], label=f"{method} ({row['V-AUPRO']:.3f})")
+        axis.plot(curve["fpr"], curve["pro"], label=f"{method} ({row['V-AUPRO']:.3f})", color=colors[row["model"]])
         plotted = True
     if not plotted:
         plt.close(figure)
