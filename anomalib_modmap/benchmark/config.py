@@ -127,7 +127,39 @@ def _as_list(value: Any, key: str) -> list:  # noqa: ANN401
     if value is None:
         msg = f"Benchmark configuration key '{key}' is missing; give a list."
         raise BenchmarkConfigError(msg)
-    return list(value) if isinstance(value, list | tuple) else [value]
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    if not values:
+        msg = f"Benchmark configuration key '{key}' is an empty list; give at least one entry."
+        raise BenchmarkConfigError(msg)
+    duplicates = sorted({str(item) for item in values if values.count(item) > 1})
+    if duplicates:
+        msg = f"Benchmark configuration key '{key}' lists {duplicates} more than once; each entry would run the same jobs twice."
+        raise BenchmarkConfigError(msg)
+    return values
+
+
+def _flag(value: Any, where: str) -> bool:  # noqa: ANN401
+    """Return a YAML boolean; quoted strings such as "false" are refused rather than read as true."""
+    if not isinstance(value, bool):
+        msg = f"{where} must be true or false (unquoted), got {value!r}."
+        raise BenchmarkConfigError(msg)
+    return value
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:  # noqa: ANN401
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        msg = f"{where} must be a mapping of names to values ({{key: value}}), got {value!r}."
+        raise BenchmarkConfigError(msg)
+    return dict(value)
+
+
+def _integers(values: list, where: str) -> list[int]:
+    if any(isinstance(value, bool) or not isinstance(value, int) for value in values):
+        msg = f"{where} must be whole numbers, got {values!r}."
+        raise BenchmarkConfigError(msg)
+    return [int(value) for value in values]
 
 
 def _input_size(value: Any, where: str, per_view: bool) -> int | None:  # noqa: ANN401
@@ -142,8 +174,48 @@ def _input_size(value: Any, where: str, per_view: bool) -> int | None:  # noqa: 
     return value
 
 
+def _model_entry(entry: Any, where: str) -> ModelEntry:  # noqa: ANN401
+    if not isinstance(entry, dict) or not entry.get("class_path") or not isinstance(entry["class_path"], str):
+        msg = f"{where} needs at least 'class_path' (e.g. Patchcore or anomalib_modmap.models.Modmap)."
+        raise BenchmarkConfigError(msg)
+    unknown = set(entry) - _MODEL_KEYS
+    if unknown:
+        msg = f"{where} has unknown keys {sorted(unknown)}; allowed are {sorted(_MODEL_KEYS)}."
+        raise BenchmarkConfigError(msg)
+    per_view = _flag(entry.get("per_view", False), f"{where}.per_view")
+    if "pretrained" in entry and not per_view:
+        msg = (
+            f"{where}.pretrained applies to per-view models only; multi-view models choose their weights "
+            "in init_args (image_weights, depth_weights)."
+        )
+        raise BenchmarkConfigError(msg)
+    data = _mapping(entry.get("data"), f"{where}.data")
+    if per_view and "flatten" in data:
+        msg = f"{where}.data.flatten: per-view models always run on flattened SiM3D data; remove the key."
+        raise BenchmarkConfigError(msg)
+    if "category" in data or "setup" in data:
+        msg = f"{where}.data: set categories and setups with the top-level 'categories' and 'setups' lists."
+        raise BenchmarkConfigError(msg)
+    return ModelEntry(
+        name=str(entry.get("name") or entry["class_path"].rsplit(".", 1)[-1]),
+        class_path=entry["class_path"],
+        init_args=_mapping(entry.get("init_args"), f"{where}.init_args"),
+        per_view=per_view,
+        pretrained=_flag(entry.get("pretrained", True), f"{where}.pretrained"),
+        input_size=_input_size(entry.get("input_size"), where, per_view),
+        data=data,
+        trainer=_mapping(entry.get("trainer"), f"{where}.trainer"),
+        test_views=entry.get("test_views", "all"),
+    )
+
+
 def parse_config(raw: dict[str, Any], source: str = "<dict>") -> BenchmarkConfig:
-    """Validate a configuration dictionary and return a :class:`BenchmarkConfig`."""
+    """Validate a configuration dictionary and return a :class:`BenchmarkConfig`.
+
+    Every problem raises :class:`BenchmarkConfigError` naming the key, the value and
+    the fix: wrong types (quoted booleans included), empty or repeated list entries,
+    and model names that would share result files.
+    """
     if not isinstance(raw, dict):
         msg = f"{source}: a benchmark configuration must be a mapping, got {type(raw).__name__}."
         raise BenchmarkConfigError(msg)
@@ -152,34 +224,21 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> BenchmarkConfig
         msg = f"{source}: unknown keys {sorted(unknown)}; allowed are {sorted(_TOP_KEYS)}."
         raise BenchmarkConfigError(msg)
 
-    models = []
-    for index, entry in enumerate(_as_list(raw.get("models"), "models")):
-        if not isinstance(entry, dict) or "class_path" not in entry:
-            msg = f"{source}: models[{index}] needs at least 'class_path' (e.g. Patchcore or anomalib_modmap.models.Modmap)."
-            raise BenchmarkConfigError(msg)
-        unknown = set(entry) - _MODEL_KEYS
-        if unknown:
-            msg = f"{source}: models[{index}] has unknown keys {sorted(unknown)}; allowed are {sorted(_MODEL_KEYS)}."
-            raise BenchmarkConfigError(msg)
-        name = str(entry.get("name") or entry["class_path"].rsplit(".", 1)[-1])
-        models.append(
-            ModelEntry(
-                name=name,
-                class_path=str(entry["class_path"]),
-                init_args=dict(entry.get("init_args") or {}),
-                per_view=bool(entry.get("per_view", False)),
-                pretrained=bool(entry.get("pretrained", True)),
-                input_size=_input_size(entry.get("input_size"), f"{source}: models[{index}]", bool(entry.get("per_view", False))),
-                data=dict(entry.get("data") or {}),
-                trainer=dict(entry.get("trainer") or {}),
-                test_views=entry.get("test_views", "all"),
-            ),
-        )
+    models = [_model_entry(entry, f"{source}: models[{index}]") for index, entry in enumerate(_as_list(raw.get("models"), "models"))]
     names = [model.name for model in models]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         msg = f"{source}: model names {duplicates} appear more than once; give each entry its own 'name'."
         raise BenchmarkConfigError(msg)
+    slugs: dict[str, str] = {}
+    for name in names:
+        other = slugs.setdefault(slugify(name), name)
+        if other != name:
+            msg = (
+                f"{source}: model names {other!r} and {name!r} both become {slugify(name)!r} in result file names; "
+                "rename one so that they differ in letters or digits."
+            )
+            raise BenchmarkConfigError(msg)
     for model in models:
         parse_test_views(model.test_views)
 
@@ -192,24 +251,32 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> BenchmarkConfig
     if accelerator not in ACCELERATORS:
         msg = f"{source}: unknown accelerator {accelerator!r}; choose from {list(ACCELERATORS)}."
         raise BenchmarkConfigError(msg)
-    fpr_limit = float(raw.get("fpr_limit", 0.01))
-    if not 0.0 < fpr_limit <= 1.0:
-        msg = f"{source}: fpr_limit must lie in (0, 1], got {fpr_limit}."
+    fpr_limit = raw.get("fpr_limit", 0.01)
+    if isinstance(fpr_limit, bool) or not isinstance(fpr_limit, int | float) or not 0.0 < fpr_limit <= 1.0:
+        msg = f"{source}: fpr_limit must be a number in (0, 1] (0.01 for 1%), got {fpr_limit!r}."
+        raise BenchmarkConfigError(msg)
+    data = _mapping(raw.get("data"), f"{source}: data")
+    if "category" in data or "setup" in data:
+        msg = f"{source}: data: set categories and setups with the top-level 'categories' and 'setups' lists."
+        raise BenchmarkConfigError(msg)
+    output = raw.get("output")
+    if "output" in raw and (not isinstance(output, str) or not output.strip()):
+        msg = f"{source}: output must be a folder path, got {output!r}; leave it out for results/benchmark/<name>."
         raise BenchmarkConfigError(msg)
 
     name = str(raw.get("name", Path(source).stem))
     return BenchmarkConfig(
         name=name,
-        output=Path(raw.get("output", f"results/benchmark/{slugify(name)}")),
+        output=Path(output or f"results/benchmark/{slugify(name)}"),
         models=models,
         categories=[str(category) for category in _as_list(raw.get("categories"), "categories")],
         setups=setups,
-        seeds=[int(seed) for seed in _as_list(raw.get("seeds", [0]), "seeds")],
+        seeds=_integers(_as_list(raw.get("seeds", [0]), "seeds"), f"{source}: seeds"),
         accelerator=accelerator,
-        fpr_limit=fpr_limit,
-        demo_data=bool(raw.get("demo_data", False)),
+        fpr_limit=float(fpr_limit),
+        demo_data=_flag(raw.get("demo_data", False), f"{source}: demo_data"),
         caption=str(raw.get("caption", "")),
-        data=dict(raw.get("data") or {}),
+        data=data,
     )
 
 
