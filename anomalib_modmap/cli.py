@@ -26,14 +26,24 @@ main.add_command(pretrain_image)
 @click.option("--rerun", is_flag=True, help="Run every job again, finished ones included.")
 def benchmark(config_path: Path, output: Path | None, rerun: bool) -> None:
     """Train and test every model x category x setup x seed of a benchmark grid; write CSV, table and plots."""
-    from anomalib_modmap.benchmark import load_config, run_benchmark
+    import pandas as pd
 
-    config = load_config(config_path, output=output)
-    files = run_benchmark(config, rerun=rerun)
+    from anomalib_modmap.benchmark import BenchmarkConfigError, load_config, run_benchmark
+
+    try:
+        config = load_config(config_path, output=output)
+        files = run_benchmark(config, rerun=rerun)
+    except BenchmarkConfigError as error:
+        raise click.ClickException(str(error)) from error
     if "markdown" in files:
         click.echo(files["markdown"].read_text())
     for name, path in files.items():
         click.echo(f"{name}: {path}")
+    results = pd.read_csv(files["csv"])
+    unfinished = results[results["status"] != "ok"] if "status" in results else results
+    if not unfinished.empty:
+        msg = f"{len(unfinished)} of {len(results)} benchmark jobs did not finish: {', '.join(unfinished['key'].astype(str))}. Their errors are listed under the table in {files.get('markdown', files['csv'])}."
+        raise click.ClickException(msg)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,8 @@ def test_benchmark_runs_reports_and_skips(fixture_root, tmp_path, monkeypatch):
             "test_views": 2,
         },
         {"name": "PaDiM", "class_path": "Padim", "per_view": True, "pretrained": False, "init_args": {"backbone": "resnet18", "layers": ["layer1"], "n_features": 32}},
-        {"name": "Broken", "class_path": "anomalib_modmap.models.NoSuchModel"},
+        # Passes the checks before the run and fails in its job: the instances have 3 views.
+        {"name": "Broken", "class_path": "Padim", "per_view": True, "pretrained": False, "init_args": {"backbone": "resnet18", "layers": ["layer1"]}, "test_views": 20},
     ]
     config = parse_config(_config(fixture_root, output, models))
 
@@ -178,7 +179,7 @@ def test_benchmark_runs_reports_and_skips(fixture_root, tmp_path, monkeypatch):
     assert (ok["time_per_sample_s"] > 0).all()
     assert (ok["peak_memory_mb"] > 0).all()
     assert int(frame.set_index("model").loc["Modmap", "num_test_views"]) == 2
-    assert "NoSuchModel" in frame.set_index("model").loc["Broken", "error"]
+    assert "asks for 20 views" in frame.set_index("model").loc["Broken", "error"]
 
     table = files["markdown"].read_text()
     assert "| Broken | failed |" in table
@@ -199,6 +200,13 @@ def test_benchmark_runs_reports_and_skips(fixture_root, tmp_path, monkeypatch):
     assert ran == [next(job.key for job in expand_jobs(config) if job.model.name == "Broken")]
     assert json.loads((output / "jobs" / f"{ran[0]}.json").read_text())["status"] == "failed"
     assert len(load_results(output)) == 3
+
+    # Changing a model's settings runs that model's jobs again; the unchanged Modmap job is kept.
+    ran.clear()
+    models[1]["init_args"] = {**models[1]["init_args"], "n_features": 16}
+    run_benchmark(parse_config(_config(fixture_root, output, models)))
+    keys = {job.model.name: job.key for job in expand_jobs(config)}
+    assert sorted(ran) == sorted([keys["PaDiM"], keys["Broken"]])
 
 
 def test_jobs_run_in_parallel_worker_processes(fixture_root, tmp_path):
@@ -290,3 +298,47 @@ def test_report_colours_follow_the_model():
 
     assert list(colors) == models
     assert len(set(colors.values())) == 12
+
+
+def test_checks_before_the_run_list_every_problem(tmp_path):
+    from anomalib_modmap.benchmark.job import check_config
+
+    models = [
+        {"class_path": "Patchcor"},
+        {"name": "PaDiM", "class_path": "Padim", "per_view": True, "init_args": {"bakbone": "resnet18"}, "data": {"image_sise": 64}},
+    ]
+    config = parse_config({**_config(tmp_path, tmp_path / "bench", models), "data": {"root": str(tmp_path), "img_size": 32}})
+
+    with pytest.raises(BenchmarkConfigError) as raised:
+        run_benchmark(config)
+
+    message = str(raised.value)
+    assert "Did you mean Patchcore?" in message
+    assert "['bakbone'] are not arguments of Padim" in message
+    assert "['image_sise']" in message
+    assert "['img_size']" in message
+    assert not (tmp_path / "bench" / "jobs").exists()
+
+
+def test_cli_fails_when_a_job_fails(fixture_root, tmp_path):
+    """`modmap benchmark` writes the report and exits with status 1 naming the unfinished job."""
+    import yaml
+    from click.testing import CliRunner
+
+    from anomalib_modmap.cli import main
+
+    models = [{"name": "Too many views", "class_path": "Padim", "per_view": True, "pretrained": False, "init_args": {"backbone": "resnet18", "layers": ["layer1"]}, "test_views": 20}]
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(_config(fixture_root, tmp_path / "bench", models)))
+
+    result = CliRunner().invoke(main, ["benchmark", "--config", str(path)])
+
+    assert result.exit_code == 1
+    assert "1 of 1 benchmark jobs did not finish: Too-many-views__toy__real2real__seed0" in result.output
+    assert (tmp_path / "bench" / "results.md").is_file()
+
+    path.write_text(yaml.safe_dump({**_config(fixture_root, tmp_path / "bench", models), "seeds": [0, 0]}))
+    result = CliRunner().invoke(main, ["benchmark", "--config", str(path)])
+    assert result.exit_code == 1
+    assert "more than once" in result.output
+    assert "Traceback" not in result.output

@@ -32,8 +32,10 @@ A configuration file looks like this (every key but ``models`` and
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,27 @@ def slugify(text: str) -> str:
 def job_key(model: str, category: str, setup: str, seed: int) -> str:
     """Return the key that names a job's result file; a rerun skips keys with a finished result."""
     return f"{slugify(model)}__{slugify(category)}__{setup}__seed{seed}"
+
+
+def job_settings_hash(spec: JobSpec) -> str:
+    """Return a short hash of everything that shapes a job's result (model entry, data, accelerator, FPR limit).
+
+    A finished result counts for a rerun only while this hash is unchanged, so
+    editing a configuration reruns the jobs it changes. The output folder is
+    left out: moving results elsewhere keeps them valid.
+    """
+    settings = {
+        "model": asdict(spec.model),
+        "category": spec.category,
+        "setup": spec.setup,
+        "seed": spec.seed,
+        "data": spec.data,
+        "accelerator": spec.accelerator,
+        "fpr_limit": spec.fpr_limit,
+        "demo_data": spec.demo_data,
+    }
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _as_list(value: Any, key: str) -> list:  # noqa: ANN401

@@ -11,6 +11,7 @@ its ``ParallelRunner`` with one worker per GPU when CUDA has several devices.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import threading
@@ -28,7 +29,7 @@ import torch
 from anomalib.pipelines.components.base import Job, JobGenerator
 from anomalib.pipelines.components.runners import ParallelRunner, SerialRunner
 
-from .config import BenchmarkConfig, JobSpec, expand_jobs, resolve_test_views
+from .config import BenchmarkConfig, JobSpec, expand_jobs, job_settings_hash, resolve_test_views
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +42,26 @@ def result_path(output: str | Path, key: str) -> Path:
     return Path(output) / "jobs" / f"{key}.json"
 
 
-def is_finished(output: str | Path, key: str) -> bool:
-    """Return whether job ``key`` has a successful result; failed jobs run again."""
+def stored_result(output: str | Path, key: str) -> dict[str, Any] | None:
+    """Return the stored result of job ``key``, or ``None`` when there is none or it is unreadable."""
     path = result_path(output, key)
     if not path.is_file():
-        return False
+        return None
     try:
-        return json.loads(path.read_text()).get("status") == STATUS_OK
+        return json.loads(path.read_text())
     except json.JSONDecodeError:
+        return None
+
+
+def is_finished(output: str | Path, key: str, settings_hash: str | None = None) -> bool:
+    """Return whether job ``key`` has a successful result, for the same settings when ``settings_hash`` is given.
+
+    Failed jobs, and jobs whose settings changed since their result, run again.
+    """
+    result = stored_result(output, key)
+    if result is None or result.get("status") != STATUS_OK:
         return False
+    return settings_hash is None or result.get("settings_hash") == settings_hash
 
 
 class _PeakMemory:
@@ -133,6 +145,69 @@ def _import_class(class_path: str) -> type:
     return getattr(import_module(module_path), name)
 
 
+def _short_names() -> list[str]:
+    import anomalib.models
+
+    import anomalib_modmap.models
+
+    names = [name for name in getattr(anomalib.models, "__all__", []) if isinstance(getattr(anomalib.models, name, None), type)]
+    return sorted({*names, *getattr(anomalib_modmap.models, "__all__", [])})
+
+
+def _unknown_arguments(function: Any, names: Any) -> list[str]:  # noqa: ANN401
+    import inspect
+
+    parameters = inspect.signature(function).parameters
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return []
+    return sorted(set(names) - set(parameters) - {"self"})
+
+
+def check_config(config: BenchmarkConfig) -> None:
+    """Check what can be checked before any job trains, and raise one error listing every problem.
+
+    Checks that each ``class_path`` imports, that ``init_args`` and ``data``
+    name real arguments of the model and of ``SiM3D``, and that ``accelerator:
+    cuda`` has a CUDA device, so that a typo does not surface hours into a grid.
+
+    Raises:
+        BenchmarkConfigError: naming each model entry, the wrong value and the fix.
+    """
+    from sim3d_datamodule.datamodule import SiM3D
+
+    from .config import BenchmarkConfigError
+
+    problems = []
+    if config.accelerator == "cuda" and not torch.cuda.is_available():
+        problems.append("accelerator is cuda, but torch finds no CUDA device here; use accelerator: cpu (or auto).")
+    unknown_data = _unknown_arguments(SiM3D.__init__, config.data)
+    if unknown_data:
+        problems.append(f"data has keys {unknown_data} that SiM3D does not take.")
+    for index, model in enumerate(config.models):
+        where = f"models[{index}] ({model.name})"
+        try:
+            cls = _import_class(model.class_path)
+        except (ImportError, AttributeError, ValueError):
+            names = _short_names()
+            close = difflib.get_close_matches(model.class_path.rsplit(".", 1)[-1], names, n=1)
+            hint = f" Did you mean {close[0]}?" if close else ""
+            problems.append(
+                f"{where}: class_path {model.class_path!r} was not found.{hint} Give a dotted class path or one of the "
+                f"short names {', '.join(names)}.",
+            )
+            continue
+        unknown = _unknown_arguments(cls.__init__, model.init_args)
+        if unknown:
+            problems.append(f"{where}: init_args {unknown} are not arguments of {cls.__name__}.")
+        unknown_data = _unknown_arguments(SiM3D.__init__, model.data)
+        if unknown_data:
+            problems.append(f"{where}: data has keys {unknown_data} that SiM3D does not take.")
+    if problems:
+        lines = "\n".join(f"- {problem}" for problem in problems)
+        msg = f"Benchmark configuration {config.name!r} has problems; nothing was run:\n{lines}"
+        raise BenchmarkConfigError(msg)
+
+
 class SiM3DBenchmarkJob(Job):
     """Train and test one model on one SiM3D category, setup and seed; see the module docstring.
 
@@ -160,6 +235,7 @@ class SiM3DBenchmarkJob(Job):
             "setup": spec.setup,
             "seed": spec.seed,
             "test_views": str(spec.model.test_views),
+            "settings_hash": job_settings_hash(spec),
             "status": STATUS_FAILED,
             "error": "",
         }
@@ -301,6 +377,7 @@ class SiM3DBenchmarkJobGenerator(JobGenerator):
         self.config = config
         self.rerun = rerun
         self.skipped: list[str] = []
+        self.changed: list[str] = []
 
     @property
     def job_class(self) -> type[SiM3DBenchmarkJob]:
@@ -308,13 +385,22 @@ class SiM3DBenchmarkJobGenerator(JobGenerator):
         return SiM3DBenchmarkJob
 
     def generate_jobs(self, args: dict | None = None, prev_stage_result: Any = None) -> Any:  # noqa: ANN401
-        """Yield the unfinished jobs; finished ones are listed in ``skipped``."""
+        """Yield the jobs without a finished result for their current settings.
+
+        Kept jobs are listed in ``skipped``; jobs that run again because their
+        settings changed since their result are listed in ``changed``.
+        """
         del args, prev_stage_result
         for spec in expand_jobs(self.config):
-            if not self.rerun and is_finished(spec.output, spec.key):
+            settings_hash = job_settings_hash(spec)
+            if not self.rerun and is_finished(spec.output, spec.key, settings_hash):
                 self.skipped.append(spec.key)
-                logger.info("Skipping benchmark job %s: it has a finished result.", spec.key)
+                logger.info("Skipping benchmark job %s: it has a finished result for the same settings.", spec.key)
                 continue
+            previous = stored_result(spec.output, spec.key)
+            if not self.rerun and previous is not None and previous.get("status") == STATUS_OK:
+                self.changed.append(spec.key)
+                logger.warning("Running benchmark job %s again: its settings changed since its stored result.", spec.key)
             yield SiM3DBenchmarkJob(spec)
 
 
@@ -327,6 +413,7 @@ def run_benchmark(config: BenchmarkConfig, rerun: bool = False) -> dict[str, Pat
     """
     from .report import write_report
 
+    check_config(config)
     config.output.mkdir(parents=True, exist_ok=True)
     (config.output / "config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
     generator = SiM3DBenchmarkJobGenerator(config, rerun=rerun)
@@ -334,5 +421,9 @@ def run_benchmark(config: BenchmarkConfig, rerun: bool = False) -> dict[str, Pat
     runner = ParallelRunner(generator, n_jobs=gpus) if gpus > 1 else SerialRunner(generator)
     runner.run({})
     if generator.skipped:
-        logger.info("Skipped %d finished jobs: %s", len(generator.skipped), ", ".join(generator.skipped))
+        logger.warning(
+            "Kept %d finished jobs with unchanged settings (pass --rerun to repeat them): %s",
+            len(generator.skipped),
+            ", ".join(generator.skipped),
+        )
     return write_report(config)
