@@ -67,18 +67,21 @@ def is_finished(output: str | Path, key: str, settings_hash: str | None = None) 
 class _PeakMemory:
     """Peak memory during a block: CUDA allocations on a GPU, resident set size (RSS) on a CPU.
 
-    On the CPU a thread samples ``/proc/self/statm`` every 20 ms, so the value is
-    the process's peak RSS in the block, sampled (allocations shorter than the
-    period can be missed). Jobs share one process, so before the block the
-    garbage collector runs and glibc hands freed heap pages back to the system
-    (``malloc_trim``); otherwise memory freed by earlier jobs would still count.
-    ``kind`` names which of the two was measured.
+    On the CPU a thread samples ``/proc/self/statm`` every 20 ms (allocations
+    shorter than the period can be missed), and ``peak_bytes`` is the peak RSS
+    in the block above ``baseline_bytes``: the RSS when the job started, taken by
+    :func:`job_memory_baseline` before the job built its model and data. Jobs run
+    one after another in one process, so this leaves out the Python runtime and
+    whatever earlier jobs left behind, and the figure does not depend on the
+    order of the jobs. ``kind`` names which of the two was measured.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, baseline_bytes: int = 0) -> None:
         self.device = device
-        self.kind = "cuda_allocated" if device.type == "cuda" else "cpu_rss"
+        self.kind = "cuda_allocated" if device.type == "cuda" else "cpu_rss_above_start"
+        self.baseline_bytes = baseline_bytes
         self.peak_bytes = 0
+        self._peak_rss = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -86,15 +89,14 @@ class _PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            _release_free_memory()
-            self.peak_bytes = _rss_bytes()
+            self._peak_rss = _rss_bytes()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
 
     def _sample(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak_bytes = max(self.peak_bytes, _rss_bytes())
+            self._peak_rss = max(self._peak_rss, _rss_bytes())
 
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
@@ -103,7 +105,14 @@ class _PeakMemory:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.peak_bytes = max(self.peak_bytes, _rss_bytes())
+        self._peak_rss = max(self._peak_rss, _rss_bytes())
+        self.peak_bytes = max(0, self._peak_rss - self.baseline_bytes)
+
+
+def job_memory_baseline() -> int:
+    """Return the process's RSS in bytes after garbage collection and returning freed heap pages."""
+    _release_free_memory()
+    return _rss_bytes()
 
 
 def _release_free_memory() -> None:
@@ -269,6 +278,7 @@ class SiM3DBenchmarkJob(Job):
         from .collect import VolumeCollector, pro_curve_of
 
         spec = self.spec
+        baseline = job_memory_baseline()
         accelerator, devices = _placement(spec.accelerator, task_id)
         seed_everything(spec.seed, workers=True)
         if spec.demo_data and spec.category.startswith("demo_"):
@@ -320,7 +330,7 @@ class SiM3DBenchmarkJob(Job):
         fit_s = time.perf_counter() - fit_started
 
         device = model.device
-        with _PeakMemory(device) as memory:
+        with _PeakMemory(device, baseline) as memory:
             test_started = time.perf_counter()
             engine.test(model, datamodule=datamodule, verbose=False)
             test_s = time.perf_counter() - test_started

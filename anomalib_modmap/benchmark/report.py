@@ -105,7 +105,7 @@ def markdown_table(frame: pd.DataFrame, categories: list[str], caption: str = ""
     if not frame.empty and "memory_kind" in frame:
         kinds = sorted({str(kind) for kind in frame["memory_kind"].dropna()})
         if kinds:
-            text += ["", "Memory: " + ", ".join(kinds) + " (cuda_allocated: peak CUDA allocation during testing; cpu_rss: peak resident set size of the process during testing, sampled every 20 ms, after the heap pages that earlier jobs freed went back to the system)."]
+            text += ["", "Memory: " + ", ".join(kinds) + " (cuda_allocated: peak CUDA allocation during testing; cpu_rss_above_start: peak resident set size of the process during testing, sampled every 20 ms, above its size when the job started, before the job built its model and data)."]
     return "\n".join(text) + "\n"
 
 
