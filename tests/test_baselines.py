@@ -244,6 +244,30 @@ def test_per_view_batch_sizes():
     assert per_view_data_defaults("Patchcore") == {}
 
 
+def test_missing_backbone_weights_name_the_repository(monkeypatch):
+    """Without cached weights the error names the timm model, its Hugging Face repository and the cache folder."""
+    import timm
+
+    original = timm.create_model
+
+    def offline(*args, **kwargs):
+        if kwargs.get("pretrained"):
+            msg = "cannot find the requested files in the local cache"
+            raise OSError(msg)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+
+    with pytest.raises(BaselineWeightsError) as raised:
+        build_per_view_model("Patchcore", {"backbone": "resnet18", "layers": ["layer2"]}, pretrained=True)
+
+    message = str(raised.value)
+    assert "'resnet18'" in message
+    assert "huggingface-cli download timm/resnet18" in message
+    assert "models--timm--resnet18" in message
+    assert "pretrained=False" in message
+
+
 def test_patchcore_built_without_download():
     model = build_per_view_model("Patchcore", {"backbone": "resnet18", "layers": ["layer2"]}, pretrained=False)
 

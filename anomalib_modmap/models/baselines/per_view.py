@@ -365,15 +365,51 @@ def build_per_view_model(
     except (OSError, RuntimeError) as error:
         if not pretrained:
             raise
+        backbone = _backbone_name(cls, kwargs)
         msg = (
-            f"Building {cls.__name__} with pretrained backbone weights failed ({error}). Put the backbone's "
-            "weights in the Hugging Face or torch hub cache of this machine, or build with pretrained=False "
-            "(random backbone; scores are then not meaningful)."
+            f"Building {cls.__name__} with pretrained backbone weights failed ({error}). "
+            f"{_timm_weights_hint(backbone)} Or build with pretrained=False (random backbone; scores are then not meaningful)."
         )
         raise BaselineWeightsError(msg) from error
     if is_efficient_ad and not pretrained:
         _keep_random_teacher(model)
     return model
+
+
+def _backbone_name(cls: type, kwargs: dict[str, Any]) -> str | None:
+    """Return the timm backbone a model builds: its ``backbone`` / ``rgb_backbone`` argument or that argument's default."""
+    import inspect
+
+    parameters = inspect.signature(cls.__init__).parameters
+    for name in ("backbone", "rgb_backbone"):
+        if name in kwargs:
+            return str(kwargs[name])
+        if name in parameters and isinstance(parameters[name].default, str):
+            return parameters[name].default
+    return None
+
+
+def _timm_weights_hint(backbone: str | None) -> str:
+    """Say where timm looks for ``backbone``'s pretrained weights and how to put them there offline."""
+    from huggingface_hub import constants
+
+    if backbone is None:
+        return f"Put the backbone's weights in the Hugging Face cache ({constants.HF_HUB_CACHE}) or the torch hub cache ({torch.hub.get_dir()})."
+    try:
+        import timm
+
+        config = timm.models.get_pretrained_cfg(backbone)
+    except (RuntimeError, ValueError):
+        config = None
+    repository = getattr(config, "hf_hub_id", None)
+    if repository:
+        return (
+            f"timm loads the weights of {backbone!r} from the Hugging Face repository {repository}: on a machine with "
+            f"internet access run `huggingface-cli download {repository}`, then copy that machine's "
+            f"{constants.HF_HUB_CACHE}/models--{repository.replace('/', '--')} folder to the same place here "
+            f"({constants.HF_HUB_CACHE})."
+        )
+    return f"Put the weights of {backbone!r} in the Hugging Face cache ({constants.HF_HUB_CACHE}) or the torch hub cache ({torch.hub.get_dir()})."
 
 
 def per_view_data_defaults(class_path: str) -> dict[str, int]:
