@@ -118,7 +118,7 @@ def test_markdown_table_layout():
             {"key": "m_a", "model": "M", "category": "a", "setup": "real2real", "seed": 0, "status": "ok", "I-AUROC": 0.5, "V-AUPRO": 0.25, "time_per_sample_s": 1.0, "peak_memory_mb": 100.0},
             {"key": "m_a1", "model": "M", "category": "a", "setup": "real2real", "seed": 1, "status": "ok", "I-AUROC": 0.7, "V-AUPRO": 0.35, "time_per_sample_s": 1.0, "peak_memory_mb": 100.0},
             {"key": "m_b", "model": "M", "category": "b", "setup": "real2real", "seed": 0, "status": "ok", "I-AUROC": 1.0, "V-AUPRO": 0.5, "time_per_sample_s": 3.0, "peak_memory_mb": 300.0},
-            {"key": "p_a", "model": "P", "category": "a", "setup": "real2real", "seed": 0, "status": "failed", "error": "RuntimeError: out of memory"},
+            {"key": "p_a", "model": "P", "category": "a", "setup": "real2real", "seed": 0, "status": "failed", "error": "RuntimeError: out of\n  memory"},
             {"key": "p_b", "model": "P", "category": "b", "setup": "real2real", "seed": 0, "status": "ok", "I-AUROC": 0.25, "V-AUPRO": 0.125, "time_per_sample_s": 2.0, "peak_memory_mb": 50.0},
         ],
     )
@@ -134,6 +134,16 @@ def test_markdown_table_layout():
     assert lines[auroc + 2] == "| P | failed | 0.250 |  |"
     assert lines[aupro + 1] == "| M | 0.300 ± 0.071 | 0.500 | 0.400 |"
     assert "- `p_a`: RuntimeError: out of memory" in lines
+
+
+def test_markdown_table_keeps_bars_in_names_inside_their_cell():
+    frame = pd.DataFrame(
+        [{"key": "k", "model": "A|B", "category": "a", "setup": "real2real", "seed": 0, "status": "ok", "I-AUROC": 0.5, "V-AUPRO": 0.25, "time_per_sample_s": 1.0, "peak_memory_mb": 1.0}],
+    )
+
+    lines = markdown_table(frame, ["a"]).splitlines()
+
+    assert "| A\\|B | 0.500 | 0.500 |" in lines
 
 
 @pytest.fixture(scope="module")
@@ -344,3 +354,21 @@ def test_cli_fails_when_a_job_fails(fixture_root, tmp_path):
     assert result.exit_code == 1
     assert "more than once" in result.output
     assert "Traceback" not in result.output
+
+
+def test_per_view_jobs_drop_only_the_visualizer_warning(caplog):
+    """Per-view models run without anomalib's visualizer, so SiM3D's warning about its images is dropped, and only in the job."""
+    import logging
+
+    from anomalib_modmap.benchmark.job import _visualizer_warning_filter
+
+    sim3d_logger = logging.getLogger("sim3d_datamodule.datamodule")
+    with caplog.at_level(logging.WARNING, logger="sim3d_datamodule.datamodule"):
+        _visualizer_warning_filter.install()
+        sim3d_logger.warning("Dataset root %s has no folder named %s in its path", "r", "SiM3D")
+        sim3d_logger.warning("another warning")
+        _visualizer_warning_filter.remove()
+        sim3d_logger.warning("Dataset root %s has no folder named %s in its path", "r2", "SiM3D")
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == ["another warning", "Dataset root r2 has no folder named SiM3D in its path"]

@@ -255,6 +255,8 @@ class SiM3DBenchmarkJob(Job):
         except Exception as error:  # noqa: BLE001 - one job's failure must not stop the benchmark
             row["error"] = f"{type(error).__name__}: {error}"
             logger.error("Benchmark job %s failed: %s\n%s", spec.key, row["error"], traceback.format_exc())  # noqa: TRY400
+        finally:
+            _visualizer_warning_filter.remove()
         row["job_s"] = time.perf_counter() - started
         row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         path = result_path(spec.output, spec.key)
@@ -286,6 +288,10 @@ class SiM3DBenchmarkJob(Job):
 
             ensure_demo_dataset(Path(spec.data.get("root", "datasets/demo")), category=spec.category, synth=True)
 
+        if spec.model.per_view:
+            # build_per_view_model turns anomalib's image visualizer off, so SiM3D's warning that its
+            # per-view images would overwrite each other does not apply to these jobs.
+            _visualizer_warning_filter.install()
         data_args = dict(spec.data)
         data_args.setdefault("seed", spec.seed)
         if spec.model.per_view:
@@ -370,6 +376,31 @@ class SiM3DBenchmarkJob(Job):
         them, including jobs finished by earlier runs.
         """
         del results
+
+
+class _VisualizerWarningFilter(logging.Filter):
+    """Drop SiM3D's warning about colliding visualizer images, for jobs whose model has no visualizer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = False
+
+    def install(self) -> None:
+        """Attach the filter to the SiM3D datamodule's logger."""
+        logging.getLogger("sim3d_datamodule.datamodule").addFilter(self)
+        self.active = True
+
+    def remove(self) -> None:
+        """Detach the filter."""
+        logging.getLogger("sim3d_datamodule.datamodule").removeFilter(self)
+        self.active = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Return ``False`` for the visualizer warning, ``True`` for every other record."""
+        return not str(record.msg).startswith("Dataset root %s has no folder named")
+
+
+_visualizer_warning_filter = _VisualizerWarningFilter()
 
 
 def _placement(accelerator: str, task_id: int | None) -> tuple[str, Any]:

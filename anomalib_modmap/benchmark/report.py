@@ -75,8 +75,18 @@ def _block(frame: pd.DataFrame, metric: str, title: str, methods: list[str], cat
             ok = selected[selected["status"] == "ok"][metric].astype(float)
             means.append(ok.mean() if not ok.empty else np.nan)
         mean = "" if any(np.isnan(value) for value in means) else f"{np.mean(means):.{digits}f}"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean} |")
+        lines.append(f"| {_escape_cell(method)} | " + " | ".join(cells) + f" | {mean} |")
     return lines
+
+
+def _escape_cell(text: str) -> str:
+    """Keep a table cell in its column: Markdown reads a bare ``|`` as a cell border."""
+    return str(text).replace("|", "\\|")
+
+
+def _one_line(text: object) -> str:
+    """Fold a multi-line error into one list item (the log keeps the full traceback)."""
+    return " ".join(str(text).split())
 
 
 def markdown_table(frame: pd.DataFrame, categories: list[str], caption: str = "", fpr_limit: float = 0.01) -> str:
@@ -101,7 +111,7 @@ def markdown_table(frame: pd.DataFrame, categories: list[str], caption: str = ""
     failed = frame[frame["status"].isin(["failed", "not run"])] if not frame.empty else frame
     if not failed.empty:
         text += ["", "Failed or unfinished jobs:", ""]
-        text += [f"- `{row['key']}`: {row['error']}" for _, row in failed.iterrows()]
+        text += [f"- `{row['key']}`: {_one_line(row['error'])}" for _, row in failed.iterrows()]
     if not frame.empty and "memory_kind" in frame:
         kinds = sorted({str(kind) for kind in frame["memory_kind"].dropna()})
         if kinds:
@@ -122,7 +132,10 @@ def model_colors(frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def plot_bars(frame: pd.DataFrame, categories: list[str], metric: str, path: Path, title: str) -> Path:
-    """Write grouped bars of ``metric`` (mean over seeds): one group per category, one bar per method."""
+    """Write grouped bars of ``metric`` (mean over seeds): one group per category, one bar per method.
+
+    A method without any finished job keeps its legend entry, marked as having no result, and no bar.
+    """
     import matplotlib as mpl
 
     mpl.use("Agg")
@@ -143,7 +156,7 @@ def plot_bars(frame: pd.DataFrame, categories: list[str], metric: str, path: Pat
             positions + (index - (len(methods) - 1) / 2) * width,
             heights,
             width,
-            label=method,
+            label=method if not rows.empty else f"{method} (no result: failed or not run)",
             color=colors[first["model"]],
             hatch=SETUP_HATCHES.get(str(first["setup"]), ""),
             edgecolor="white",
