@@ -197,14 +197,18 @@ def _input_size(value: Any, where: str, per_view: bool) -> int | None:  # noqa: 
     return value
 
 
+def _reject_unknown_keys(section: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(section) - allowed
+    if unknown:
+        msg = f"{where}: unknown keys {sorted(unknown)}; allowed are {sorted(allowed)}."
+        raise BenchmarkConfigError(msg)
+
+
 def _model_entry(entry: Any, where: str) -> ModelEntry:  # noqa: ANN401
     if not isinstance(entry, dict) or not entry.get("class_path") or not isinstance(entry["class_path"], str):
         msg = f"{where} needs at least 'class_path' (e.g. Patchcore or anomalib_modmap.models.Modmap)."
         raise BenchmarkConfigError(msg)
-    unknown = set(entry) - _MODEL_KEYS
-    if unknown:
-        msg = f"{where} has unknown keys {sorted(unknown)}; allowed are {sorted(_MODEL_KEYS)}."
-        raise BenchmarkConfigError(msg)
+    _reject_unknown_keys(entry, _MODEL_KEYS, where)
     per_view = _flag(entry.get("per_view", False), f"{where}.per_view")
     if "pretrained" in entry and not per_view:
         msg = (
@@ -242,10 +246,7 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> BenchmarkConfig
     if not isinstance(raw, dict):
         msg = f"{source}: a benchmark configuration must be a mapping, got {type(raw).__name__}."
         raise BenchmarkConfigError(msg)
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        msg = f"{source}: unknown keys {sorted(unknown)}; allowed are {sorted(_TOP_KEYS)}."
-        raise BenchmarkConfigError(msg)
+    _reject_unknown_keys(raw, _TOP_KEYS, source)
 
     models = [_model_entry(entry, f"{source}: models[{index}]") for index, entry in enumerate(_as_list(raw.get("models"), "models"))]
     names = [model.name for model in models]
