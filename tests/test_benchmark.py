@@ -78,7 +78,8 @@ def test_config_input_size():
         ({"categories": ["a"], "models": [{"class_path": "X", "per_view": True, "input_size": "big"}]}, "positive number of pixels"),
         ({"categories": ["a"], "models": []}, "empty list"),
         ({"categories": [], "models": [{"class_path": "X"}]}, "empty list"),
-        ({"categories": ["a"], "seeds": [0, 0], "models": [{"class_path": "X"}]}, "more than once"),
+        ({"categories": ["a"], "seeds": [0, 0], "models": [{"class_path": "X"}]}, r"lists \[0\] more than once"),
+        ({"categories": ["a"], "models": [{"class_path": "X"}, {"class_path": "X"}]}, r"model names \['X'\] appear more than once"),
         ({"categories": ["a"], "seeds": ["a"], "models": [{"class_path": "X"}]}, "whole numbers"),
         ({"categories": ["a"], "seeds": [1.7], "models": [{"class_path": "X"}]}, "whole numbers"),
         ({"categories": ["a"], "fpr_limit": "1%", "models": [{"class_path": "X"}]}, "fpr_limit"),
@@ -317,7 +318,7 @@ def test_checks_before_the_run_list_every_problem(tmp_path):
 
     models = [
         {"class_path": "Patchcor"},
-        {"name": "PaDiM", "class_path": "Padim", "per_view": True, "init_args": {"bakbone": "resnet18"}, "data": {"image_sise": 64}},
+        {"name": "PaDiM", "class_path": "Padim", "per_view": True, "init_args": {"bakbone": "resnet18"}, "data": {"image_sise": 64}, "trainer": {"max_epoch": 1}},
     ]
     config = parse_config({**_config(tmp_path, tmp_path / "bench", models), "data": {"root": str(tmp_path), "img_size": 32}})
 
@@ -329,6 +330,7 @@ def test_checks_before_the_run_list_every_problem(tmp_path):
     assert "['bakbone'] are not arguments of Padim" in message
     assert "['image_sise']" in message
     assert "['img_size']" in message
+    assert "['max_epoch']" in message
     assert not (tmp_path / "bench" / "jobs").exists()
 
 
@@ -354,6 +356,11 @@ def test_cli_fails_when_a_job_fails(fixture_root, tmp_path):
     assert result.exit_code == 1
     assert "more than once" in result.output
     assert "Traceback" not in result.output
+
+    path.write_text("models: [a\ncategories: x\n")
+    result = CliRunner().invoke(main, ["benchmark", "--config", str(path)])
+    assert result.exit_code == 1
+    assert f"{path}: not valid YAML at line 2" in result.output
 
 
 def test_per_view_jobs_drop_only_the_visualizer_warning(caplog):

@@ -146,17 +146,17 @@ def job_settings_hash(spec: JobSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _as_list(value: Any, key: str) -> list:  # noqa: ANN401
+def _as_list(value: Any, key: str, source: str, unique: bool = True) -> list:  # noqa: ANN401
     if value is None:
-        msg = f"Benchmark configuration key '{key}' is missing; give a list."
+        msg = f"{source}: key '{key}' is missing; give a list."
         raise BenchmarkConfigError(msg)
     values = list(value) if isinstance(value, list | tuple) else [value]
     if not values:
-        msg = f"Benchmark configuration key '{key}' is an empty list; give at least one entry."
+        msg = f"{source}: key '{key}' is an empty list; give at least one entry."
         raise BenchmarkConfigError(msg)
-    duplicates = sorted({str(item) for item in values if values.count(item) > 1})
-    if duplicates:
-        msg = f"Benchmark configuration key '{key}' lists {duplicates} more than once; each entry would run the same jobs twice."
+    duplicates = [item for index, item in enumerate(values) if item in values[:index]]
+    if unique and duplicates:
+        msg = f"{source}: key '{key}' lists {duplicates} more than once; each entry would run the same jobs twice."
         raise BenchmarkConfigError(msg)
     return values
 
@@ -248,7 +248,7 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> BenchmarkConfig
         raise BenchmarkConfigError(msg)
     _reject_unknown_keys(raw, _TOP_KEYS, source)
 
-    models = [_model_entry(entry, f"{source}: models[{index}]") for index, entry in enumerate(_as_list(raw.get("models"), "models"))]
+    models = [_model_entry(entry, f"{source}: models[{index}]") for index, entry in enumerate(_as_list(raw.get("models"), "models", source, unique=False))]
     names = [model.name for model in models]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -266,7 +266,7 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> BenchmarkConfig
     for model in models:
         parse_test_views(model.test_views)
 
-    setups = [str(setup) for setup in _as_list(raw.get("setups", ["real2real"]), "setups")]
+    setups = [str(setup) for setup in _as_list(raw.get("setups", ["real2real"]), "setups", source)]
     for setup in setups:
         if setup not in SETUPS:
             msg = f"{source}: unknown setup {setup!r}; choose from {list(SETUPS)}."
@@ -293,9 +293,9 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> BenchmarkConfig
         name=name,
         output=Path(output or f"results/benchmark/{slugify(name)}"),
         models=models,
-        categories=[str(category) for category in _as_list(raw.get("categories"), "categories")],
+        categories=[str(category) for category in _as_list(raw.get("categories"), "categories", source)],
         setups=setups,
-        seeds=_integers(_as_list(raw.get("seeds", [0]), "seeds"), f"{source}: seeds"),
+        seeds=_integers(_as_list(raw.get("seeds", [0]), "seeds", source), f"{source}: seeds"),
         accelerator=accelerator,
         fpr_limit=float(fpr_limit),
         demo_data=_flag(raw.get("demo_data", False), f"{source}: demo_data"),
@@ -310,7 +310,15 @@ def load_config(path: str | Path, output: str | Path | None = None) -> Benchmark
     if not path.is_file():
         msg = f"Benchmark configuration {path} not found."
         raise BenchmarkConfigError(msg)
-    config = parse_config(yaml.safe_load(path.read_text()), source=str(path))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        msg = f"{path}: not valid YAML{where}: {problem}."
+        raise BenchmarkConfigError(msg) from error
+    config = parse_config(raw, source=str(path))
     if output is not None:
         config.output = Path(output)
     return config

@@ -175,13 +175,16 @@ def _unknown_arguments(function: Any, names: Any) -> list[str]:  # noqa: ANN401
 def check_config(config: BenchmarkConfig) -> None:
     """Check what can be checked before any job trains, and raise one error listing every problem.
 
-    Checks that each ``class_path`` imports, that ``init_args`` and ``data``
-    name real arguments of the model and of ``SiM3D``, and that ``accelerator:
+    Checks that each ``class_path`` imports, that ``init_args``, ``data`` and
+    ``trainer`` name real arguments of the model, of ``SiM3D`` and of Lightning's
+    ``Trainer``, and that ``accelerator:
     cuda`` has a CUDA device, so that a typo does not surface hours into a grid.
 
     Raises:
         BenchmarkConfigError: naming each model entry, the wrong value and the fix.
     """
+    from lightning.pytorch import Trainer
+
     from sim3d_datamodule.datamodule import SiM3D
 
     from .config import BenchmarkConfigError
@@ -211,6 +214,9 @@ def check_config(config: BenchmarkConfig) -> None:
         unknown_data = _unknown_arguments(SiM3D.__init__, model.data)
         if unknown_data:
             problems.append(f"{where}: data has keys {unknown_data} that SiM3D does not take.")
+        unknown_trainer = _unknown_arguments(Trainer.__init__, model.trainer)
+        if unknown_trainer:
+            problems.append(f"{where}: trainer has keys {unknown_trainer} that Lightning's Trainer does not take.")
     if problems:
         lines = "\n".join(f"- {problem}" for problem in problems)
         msg = f"Benchmark configuration {config.name!r} has problems; nothing was run:\n{lines}"
