@@ -19,6 +19,7 @@ from anomalib_modmap.models.baselines import (
     check_pointmae_weights,
     efficient_ad_teacher_path,
     fuse_view_maps,
+    per_view_callbacks,
     per_view_data_defaults,
     score_volumes,
     write_penalty_images,
@@ -218,10 +219,13 @@ def test_efficient_ad_trains_offline_and_fuses(fixture_root, tmp_path):
         max_epochs=1,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        callbacks=[fusion],
+        callbacks=[fusion, *per_view_callbacks("EfficientAd")],
     )
 
     engine.fit(model, datamodule=datamodule)
+    # Validation is off, so only the callback can have set the map quantiles (from the training views).
+    assert model.model.is_set(model.model.quantiles)
+    assert float(model.model.quantiles["qb_st"]) > float(model.model.quantiles["qa_st"])
     engine.test(model, datamodule=datamodule, verbose=False)
 
     assert datamodule.train_batch_size == 1
@@ -236,6 +240,11 @@ def test_efficient_ad_view_size_check():
         check_per_view_data("EfficientAd", 112)
     check_per_view_data("EfficientAd", 256)
     check_per_view_data("Patchcore", 32)
+
+
+def test_per_view_callbacks_only_for_efficient_ad():
+    assert [type(callback).__name__ for callback in per_view_callbacks("anomalib.models.EfficientAd")] == ["EfficientAdTrainingQuantiles"]
+    assert per_view_callbacks("Patchcore") == []
 
 
 def test_per_view_batch_sizes():

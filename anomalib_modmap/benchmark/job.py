@@ -278,6 +278,7 @@ class SiM3DBenchmarkJob(Job):
             PerViewVolumeFusion,
             build_per_view_model,
             check_per_view_data,
+            per_view_callbacks,
             per_view_data_defaults,
             score_volumes,
         )
@@ -336,7 +337,8 @@ class SiM3DBenchmarkJob(Job):
             # that pass would only repeat the test views, so per-view models skip it.
             trainer_args.update(limit_val_batches=0, num_sanity_val_steps=0)
         trainer_args.update(spec.model.trainer)
-        engine = Engine(default_root_dir=job_dir, accelerator=accelerator, devices=devices, callbacks=[collector], **trainer_args)
+        callbacks = [collector, *(per_view_callbacks(spec.model.class_path) if spec.model.per_view else [])]
+        engine = Engine(default_root_dir=job_dir, accelerator=accelerator, devices=devices, callbacks=callbacks, **trainer_args)
         fit_started = time.perf_counter()
         engine.fit(model, datamodule=datamodule)
         fit_s = time.perf_counter() - fit_started

@@ -3,6 +3,7 @@
 from .cfm_sim3d import CfmSim3d
 from .per_view import (
     BaselineWeightsError,
+    EfficientAdTrainingQuantiles,
     InstanceVolume,
     PerViewVolumeFusion,
     build_per_view_model,
@@ -10,6 +11,7 @@ from .per_view import (
     check_pointmae_weights,
     efficient_ad_teacher_path,
     fuse_view_maps,
+    per_view_callbacks,
     per_view_data_defaults,
     random_timm_weights,
     score_volumes,
@@ -20,6 +22,7 @@ from .per_view import (
 
 __all__ = [
     "BaselineWeightsError",
+    "EfficientAdTrainingQuantiles",
     "CfmSim3d",
     "InstanceVolume",
     "PerViewVolumeFusion",
@@ -28,6 +31,7 @@ __all__ = [
     "check_pointmae_weights",
     "efficient_ad_teacher_path",
     "fuse_view_maps",
+    "per_view_callbacks",
     "per_view_data_defaults",
     "random_timm_weights",
     "score_volumes",

@@ -427,6 +427,30 @@ def per_view_data_defaults(class_path: str) -> dict[str, int]:
     return {}
 
 
+class EfficientAdTrainingQuantiles(Callback):
+    """Set EfficientAd's anomaly-map quantiles from the nominal training views when training ends.
+
+    EfficientAd scales its student and autoencoder maps by their 90% and 99.5%
+    quantiles on nominal images before adding them, and anomalib computes these
+    at the start of validation. Per-view benchmark jobs skip validation (SiM3D
+    validates on its test instances), so without this callback the two maps
+    would be added unscaled. The training views of a SiM3D category are nominal.
+    """
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Compute the quantiles on the training loader unless validation already set them."""
+        model = pl_module.model
+        if model.is_set(model.quantiles):
+            return
+        with torch.no_grad():
+            model.quantiles.update(pl_module.map_norm_quantiles(trainer.datamodule.train_dataloader()))
+
+
+def per_view_callbacks(class_path: str) -> list[Callback]:
+    """Return the extra Lightning callbacks a single-view model needs in a per-view job (EfficientAd's quantiles)."""
+    return [EfficientAdTrainingQuantiles()] if class_path.rsplit(".", 1)[-1] == "EfficientAd" else []
+
+
 def check_per_view_data(class_path: str, image_size: int) -> None:
     """Raise ``ValueError`` when flattened SiM3D views of ``image_size`` pixels cannot feed the model.
 
