@@ -164,7 +164,7 @@ def test_cfm_at_a_reduced_input_size(tmp_path):
     assert torch.isfinite(output.anomaly_map).all()
 
 
-def test_efficient_ad_names_its_downloads(tmp_path, monkeypatch):
+def test_efficient_ad_missing_downloads(tmp_path, monkeypatch):
     import anomalib.utils.path
 
     monkeypatch.setattr(anomalib.utils.path, "get_pretrained_weights_dir", lambda: tmp_path / "pre_trained")
@@ -185,7 +185,7 @@ def test_efficient_ad_names_its_downloads(tmp_path, monkeypatch):
         build_per_view_model("EfficientAd", {"imagenet_dir": str(images)}, pretrained=False, input_size=112)
 
 
-def test_penalty_images_form_an_image_folder(tmp_path):
+def test_penalty_images_image_folder(tmp_path):
     from torchvision.datasets import ImageFolder
 
     folder = write_penalty_images(tmp_path / "images", count=3, size=24)
@@ -198,7 +198,7 @@ def test_penalty_images_form_an_image_folder(tmp_path):
     assert (folder / "textures" / "texture_000.png").read_bytes() == first
 
 
-def test_efficient_ad_trains_offline_and_fuses(fixture_root, tmp_path):
+def test_efficient_ad_offline_fusion(fixture_root, tmp_path):
     """EfficientAd with a random teacher and texture images trains per view; its maps become volumes."""
     from anomalib.engine import Engine
 
@@ -242,7 +242,7 @@ def test_efficient_ad_view_size_check():
     check_per_view_data("Patchcore", 32)
 
 
-def test_per_view_callbacks_only_for_efficient_ad():
+def test_per_view_callbacks_efficient_ad():
     assert [type(callback).__name__ for callback in per_view_callbacks("anomalib.models.EfficientAd")] == ["EfficientAdTrainingQuantiles"]
     assert per_view_callbacks("Patchcore") == []
 
@@ -253,7 +253,7 @@ def test_per_view_batch_sizes():
     assert per_view_data_defaults("Patchcore") == {}
 
 
-def test_missing_backbone_weights_name_the_repository(monkeypatch):
+def test_missing_backbone_weights_message(monkeypatch):
     """Without cached weights the error names the timm model, its Hugging Face repository and the cache folder."""
     import timm
 

@@ -137,7 +137,7 @@ def test_markdown_table_layout():
     assert "- `p_a`: RuntimeError: out of memory" in lines
 
 
-def test_markdown_table_keeps_bars_in_names_inside_their_cell():
+def test_markdown_escapes_bars_in_names():
     frame = pd.DataFrame(
         [{"key": "k", "model": "A|B", "category": "a", "setup": "real2real", "seed": 0, "status": "ok", "I-AUROC": 0.5, "V-AUPRO": 0.25, "time_per_sample_s": 1.0, "peak_memory_mb": 1.0}],
     )
@@ -220,7 +220,7 @@ def test_benchmark_runs_reports_and_skips(fixture_root, tmp_path, monkeypatch):
     assert sorted(ran) == sorted([keys["PaDiM"], keys["Broken"]])
 
 
-def test_jobs_run_in_parallel_worker_processes(fixture_root, tmp_path):
+def test_parallel_runner_worker_processes(fixture_root, tmp_path):
     """anomalib's ParallelRunner (one spawned process per GPU on CUDA machines) runs the jobs; here two CPU workers."""
     from anomalib.pipelines.components.runners import ParallelRunner
 
@@ -275,7 +275,7 @@ def test_anomalib_pipeline_builds_jobs():
     assert jobs[1].model.model.pairing == "same_view"
 
 
-def test_cpu_peak_memory_counts_the_block_above_the_baseline():
+def test_cpu_peak_memory_above_baseline():
     """A 256 MiB tensor made in the block counts; memory held since before the baseline does not."""
     import time
 
@@ -283,8 +283,8 @@ def test_cpu_peak_memory_counts_the_block_above_the_baseline():
 
     from anomalib_modmap.benchmark.job import _PeakMemory, job_memory_baseline
 
-    held = torch.ones(32, 2**20)  # 128 MiB, resident before the job starts
-    held.add_(1)
+    resident_before = torch.ones(32, 2**20)  # 128 MiB, resident before the job starts
+    resident_before.add_(1)
     baseline = job_memory_baseline()
     with _PeakMemory(torch.device("cpu"), baseline) as quiet:
         time.sleep(0.1)
@@ -297,7 +297,7 @@ def test_cpu_peak_memory_counts_the_block_above_the_baseline():
     assert quiet.kind == "cpu_rss_above_start"
     assert quiet.peak_bytes < 64 * 2**20
     assert 200 * 2**20 < busy.peak_bytes < 400 * 2**20
-    del held
+    del resident_before
 
 
 def test_report_colours_follow_the_model():
@@ -313,7 +313,7 @@ def test_report_colours_follow_the_model():
     assert len(set(colors.values())) == 12
 
 
-def test_checks_before_the_run_list_every_problem(tmp_path):
+def test_preflight_lists_every_problem(tmp_path):
     from anomalib_modmap.benchmark.job import check_config
 
     models = [
@@ -363,7 +363,7 @@ def test_cli_fails_when_a_job_fails(fixture_root, tmp_path):
     assert f"{path}: not valid YAML at line 2" in result.output
 
 
-def test_per_view_jobs_drop_only_the_visualizer_warning(caplog):
+def test_visualizer_warning_filter(caplog):
     """Per-view models run without anomalib's visualizer, so SiM3D's warning about its images is dropped, and only in the job."""
     import logging
 

@@ -262,9 +262,9 @@ def timm_overrides(**overrides: Any) -> Iterator[None]:  # noqa: ANN401
 
     anomalib's CFM creates its DINO image backbone with ``pretrained=True`` and a
     fixed 224-pixel input, and offers no switch for either. ``pretrained=False``
-    builds it without a download (anomaly scores are then not meaningful);
-    ``img_size=S`` builds it for ``S x S`` inputs (timm resamples the position
-    embedding of pretrained weights to the new token grid).
+    builds it without a download, so its anomaly scores are not meaningful.
+    ``img_size=S`` builds it for ``S x S`` inputs, and timm resamples the position
+    embedding of pretrained weights to the new token grid.
     """
     import timm
 
