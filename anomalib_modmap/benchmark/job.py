@@ -116,7 +116,7 @@ def job_memory_baseline() -> int:
 
 
 def _release_free_memory() -> None:
-    """Collect garbage and return glibc's free heap pages to the system, where glibc is the C library."""
+    """Collect garbage and, where the C library is glibc, return its free heap pages to the system."""
     import ctypes
     import ctypes.util
     import gc
@@ -177,8 +177,8 @@ def check_config(config: BenchmarkConfig) -> None:
 
     Checks that each ``class_path`` imports, that ``init_args``, ``data`` and
     ``trainer`` name real arguments of the model, of ``SiM3D`` and of Lightning's
-    ``Trainer``, and that ``accelerator:
-    cuda`` has a CUDA device, so that a typo does not surface hours into a grid.
+    ``Trainer``, and that ``accelerator: cuda`` has a CUDA device. A typo then
+    stops the command at once instead of failing its job hours into a grid.
 
     Raises:
         BenchmarkConfigError: naming each model entry, the wrong value and the fix.

@@ -347,7 +347,7 @@ def build_per_view_model(
         _prepare_cfm_arguments(kwargs, pretrained, weights_dir)
     is_efficient_ad = cls.__name__ == "EfficientAd"
     if is_efficient_ad and input_size is not None and input_size < EFFICIENTAD_MIN_INPUT:
-        msg = f"EfficientAd needs inputs of at least {EFFICIENTAD_MIN_INPUT} pixels (its autoencoder downsamples 64 times), got input_size={input_size}."
+        msg = f"EfficientAd needs inputs of at least {EFFICIENTAD_MIN_INPUT} pixels (its autoencoder halves the input five times and then needs an 8 x 8 map), got input_size={input_size}."
         raise ValueError(msg)
     if is_efficient_ad:
         _prepare_efficient_ad_arguments(kwargs, pretrained, weights_dir)
