@@ -51,9 +51,9 @@ def run_demo(
 
     from anomalib_modmap.models import Modmap
     from sim3d_datamodule.datamodule import SiM3D
-    from sim3d_datamodule.synthesis.demo import ensure_demo_dataset
+    from sim3d_datamodule.synthesis.demo import SHARED_DEMO_SETTINGS, ensure_demo_dataset
 
-    ensure_demo_dataset(root, category=category, synth=True)
+    ensure_demo_dataset(root, category=category, **SHARED_DEMO_SETTINGS)
     model = Modmap(
         image_encoder=image_encoder,
         depth_encoder=depth_encoder,

@@ -379,3 +379,24 @@ def test_visualizer_warning_filter(caplog):
 
     messages = [record.getMessage() for record in caplog.records]
     assert messages == ["another warning", "Dataset root r2 has no folder named SiM3D in its path"]
+
+
+def test_demo_settings_shared_with_demo_command(tmp_path, monkeypatch):
+    """The benchmark generates the demo category with the settings `modmap demo` uses, synth render included."""
+    import sim3d_datamodule.synthesis.demo as demo_module
+
+    calls = []
+
+    def record(root, category, **settings):
+        calls.append(settings)
+        msg = "stop after recording"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(demo_module, "ensure_demo_dataset", record)
+    config = parse_config({**_config(tmp_path, tmp_path / "bench", [{"class_path": "Padim", "per_view": True}]), "categories": ["demo_stool"], "demo_data": True})
+
+    row = SiM3DBenchmarkJob(expand_jobs(config)[0]).run()
+
+    assert calls == [demo_module.SHARED_DEMO_SETTINGS]
+    assert demo_module.SHARED_DEMO_SETTINGS["synth"] is True
+    assert "stop after recording" in row["error"]

@@ -291,9 +291,9 @@ class SiM3DBenchmarkJob(Job):
         accelerator, devices = _placement(spec.accelerator, task_id)
         seed_everything(spec.seed, workers=True)
         if spec.demo_data and spec.category.startswith("demo_"):
-            from sim3d_datamodule.synthesis.demo import ensure_demo_dataset
+            from sim3d_datamodule.synthesis.demo import SHARED_DEMO_SETTINGS, ensure_demo_dataset
 
-            ensure_demo_dataset(Path(spec.data.get("root", "datasets/demo")), category=spec.category, synth=True)
+            ensure_demo_dataset(Path(spec.data.get("root", "datasets/demo")), category=spec.category, **SHARED_DEMO_SETTINGS)
 
         if spec.model.per_view:
             # build_per_view_model turns anomalib's image visualizer off, so SiM3D's warning that its

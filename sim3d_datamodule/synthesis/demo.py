@@ -27,6 +27,9 @@ VOXEL_FRACTION = 1.0 / 60.0
 MAX_PLACEMENT_TRIES = 8
 # The bounding sphere is loose around the demo objects: this margin still keeps them inside the image.
 RIG_MARGIN = 0.95
+# Settings shared by every command that generates a demo category on first use: a category written
+# with other settings is generated again, so `modmap demo` and the benchmark must agree.
+SHARED_DEMO_SETTINGS = {"synth": True}
 
 
 def _albedo_hook(defect: Defect):

@@ -313,7 +313,7 @@ def build_per_view_model(
         class_path: ``Patchcore``, ``Padim``, ``CFM``, ``EfficientAd``, ... or a dotted class path.
         init_args: the model's keyword arguments.
         pretrained: ``False`` builds the model with random weights wherever it would
-            load pretrained ones, for machines without the weight files; scores are
+            load pretrained ones, for machines without the weight files. Its scores are
             then not meaningful. CNN backbones get ``pre_trained=False``, CFM's DINO
             backbone random weights and EfficientAd a random teacher. With
             ``pretrained=False`` two placeholders also work: CFM's
@@ -323,7 +323,7 @@ def build_per_view_model(
         weights_dir: folder for the placeholders above.
         input_size: resize every view to ``input_size x input_size`` pixels before the
             model, in place of the model's default size (224 for CFM, 256 for most
-            others). CFM's DINO backbone is then built for that size; EfficientAd
+            others). CFM's DINO backbone is then built for that size. EfficientAd
             needs at least 256 pixels.
 
     Raises:
